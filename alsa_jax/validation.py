@@ -1,0 +1,104 @@
+"""Input checks that turn bad arguments into one-line ``ValueError``s.
+
+Every public function of alsa_jax checks its arguments at the boundary with these
+helpers, so a wrong shape or value fails with a message naming the argument and
+what is allowed, instead of a traceback from deep inside JAX. Shape checks always
+run (shapes are static under ``jax.jit``); value checks run only on concrete
+arrays and are skipped silently for tracers, so every function stays jittable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds values (not a tracer inside ``jit``/``vmap``)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_choice(name: str, value: str, allowed: Iterable[str]) -> str:
+    """Raise unless ``value`` is one of ``allowed``; returns ``value``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not known; use one of {', '.join(map(repr, allowed))}")
+    return value
+
+
+def check_rank(name: str, x: Any, rank: int) -> None:
+    """Raise unless ``x`` has exactly ``rank`` dimensions."""
+    if np.ndim(x) != rank:
+        raise ValueError(f"{name} must have rank {rank}, got shape {tuple(np.shape(x))}")
+
+
+def check_shape(name: str, x: Any, shape: Sequence[int | None]) -> None:
+    """Raise unless ``x.shape`` matches ``shape`` (``None`` matches any size)."""
+    actual = tuple(np.shape(x))
+    ok = len(actual) == len(shape) and all(s is None or s == a for s, a in zip(shape, actual))
+    if not ok:
+        want = tuple("?" if s is None else s for s in shape)
+        raise ValueError(f"{name} must have shape {want}, got {actual}")
+
+
+def check_same_leading(names: Sequence[str], *arrays: Any) -> None:
+    """Raise unless all arrays share their first dimension."""
+    sizes = [np.shape(a)[0] for a in arrays]
+    if len(set(sizes)) > 1:
+        pairs = ", ".join(f"{n}: {s}" for n, s in zip(names, sizes))
+        raise ValueError(f"{', '.join(names)} must have the same length, got {pairs}")
+
+
+def check_positive(name: str, value: Any, *, strict: bool = True) -> None:
+    """Raise unless every entry of a concrete ``value`` is > 0 (>= 0 if not strict)."""
+    if not is_concrete(value):
+        return
+    v = np.asarray(value)
+    bad = np.any(v <= 0) if strict else np.any(v < 0)
+    if bad:
+        relation = "> 0" if strict else ">= 0"
+        raise ValueError(f"{name} must be {relation}, got {v.tolist() if v.ndim else v.item()}")
+
+
+def check_in_range(name: str, value: Any, low: float, high: float) -> None:
+    """Raise unless a concrete scalar ``value`` lies in the closed interval [low, high]."""
+    if not is_concrete(value):
+        return
+    v = float(np.asarray(value))
+    if not low <= v <= high:
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {v}")
+
+
+def check_distribution(name: str, p: Any, *, axis: int = -1, atol: float = 1e-3) -> None:
+    """Raise unless a concrete ``p`` is non-negative and sums to one along ``axis``."""
+    if not is_concrete(p):
+        return
+    arr = np.asarray(p, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} has non-finite entries; pass probabilities")
+    if np.any(arr < -atol):
+        raise ValueError(f"{name} has negative entries; pass probabilities (softmax outputs)")
+    sums = arr.sum(axis=axis)
+    if not np.allclose(sums, 1.0, atol=atol):
+        worst = float(sums.flat[np.argmax(np.abs(sums - 1.0))])
+        raise ValueError(
+            f"{name} must sum to 1 along axis {axis} (found a sum of {worst:.4g}); "
+            "pass probabilities, not logits"
+        )
+
+
+def check_budget(name: str, budget: int, available: Any) -> None:
+    """Raise unless ``0 <= budget <= available`` (``available`` may be a concrete count)."""
+    if not isinstance(budget, (int, np.integer)) or budget < 0:
+        raise ValueError(f"{name} must be a non-negative Python int (static), got {budget!r}")
+    if is_concrete(available):
+        count = int(np.asarray(available))
+        if budget > count:
+            raise ValueError(
+                f"{name}={budget} is larger than the {count} available points; lower it"
+            )
