@@ -1,0 +1,79 @@
+"""Shared defaults of every experiment; dataset configs import this and change what differs.
+
+Field names say what they do; README.md maps the original command-line flags to them.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The MALLS defaults (RLLS, iterative re-estimation, reweighting, posterior correction)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "digits"
+    config.dataset.path = ""  # npz: the arrays file
+    config.dataset.num_classes = 0  # npz: 0 = max label + 1
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "cnn"  # mlp | cnn
+    config.model.conv_impl = "shifted_matmul"  # xla | shifted_matmul (same math, other speed)
+
+    config.shift = ml_collections.ConfigDict()
+    config.shift.strategy = "dirichlet_target"  # any name in alsa_jax.shift.STRATEGIES
+    config.shift.alpha = 0.6  # Dirichlet concentration
+    config.shift.alpha_triple = config_dict.placeholder(tuple)  # dirichlet_general: (warm, pool, test)
+    config.shift.dataset_cap = 3000  # warm start + pool examples after resampling
+    config.shift.warmstart_ratio = 1.0  # r: warm start gets cap * r / (1 + r)
+    config.shift.test_size = 0  # evaluation examples; 0 = as many as the pool
+    config.shift.holdout_fraction = 0.2  # labeled source rows held out for the confusion matrix; 0 = original
+    config.shift.target_fraction = 0.5  # test rows kept as the unlabeled target sample; 0 = original
+    config.shift.tweak_label = 0  # tweak: the class that gets proportion rho
+    config.shift.tweak_rho = 0.5
+    config.shift.initial_prop = 0.0  # fraction of the pool labeled up front
+
+    config.label_shift = ml_collections.ConfigDict()
+    config.label_shift.estimator = "rlls"  # none | bbse | rlls | oracle
+    config.label_shift.rlls_reg = 1e-3
+    config.label_shift.weight_lambda = 1.0  # w <- (1 - lambda) + lambda * w
+    config.label_shift.iterative = True  # re-estimate the weights after every round
+    config.label_shift.importance_weighting = True  # train with the weights w(y)
+    config.label_shift.reweight_all_labeled = True  # weight every labeled example, not only the warm start
+    config.label_shift.posterior_correction_scoring = True  # score on p(y|x) w(y), renormalised
+    config.label_shift.posterior_correction_eval = True  # evaluate on corrected posteriors
+    config.label_shift.correct_confusion_predictions = False  # original quirk: confusion on corrected posteriors
+    config.label_shift.soft_confusion = False  # confusion from probabilities instead of argmax
+
+    config.query = ml_collections.ConfigDict()
+    config.query.strategy = "maxent"  # random | maxent | margin | least_confidence | bald | bald_vote | iwal
+    config.query.diversify = "guess"  # none | guess | subguess | overguess
+    config.query.medial_lambda = config_dict.placeholder(float)  # overrides diversify: share ~ w**lambda
+    config.query.num_batches = 20  # rounds
+    config.query.sample_prop = 0.2  # fraction of the pool bought over all rounds
+    config.query.mc_samples = 20  # MC-dropout passes for bald / bald_vote / iwal
+    config.query.iwal_p_min = 1e-3
+    config.query.iwal_importance_weights = True  # apply IWAL's 1/p weights (False = original)
+
+    config.train = ml_collections.ConfigDict()
+    config.train.optimizer = "adam"  # adam | sgd
+    config.train.schedule = "exponential"  # exponential (per epoch) | step (at milestones)
+    config.train.learning_rate = 1e-2
+    config.train.finetune_learning_rate = 1e-2
+    config.train.gamma = 0.97
+    config.train.milestones = (20, 40, 60)
+    config.train.finetune_milestones = (3, 6, 10)
+    config.train.warm_epochs = 0
+    config.train.momentum = 0.9
+    config.train.weight_decay = 5e-4
+    config.train.batch_size = 128
+    config.train.eval_batch_size = 512
+    config.train.initial_epochs = 60
+    config.train.partial_epochs = 10
+
+    config.h0_cache_dir = ""  # "" = <workdir>/../h0_cache, shared by runs beside each other
+    config.checkpoint_keep = 2  # round checkpoints kept in the workdir
+    return config
