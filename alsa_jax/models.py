@@ -1,0 +1,230 @@
+"""Flax (Linen) classifiers of the paper's experiments and their swappable conv lowering.
+
+Every model is called as ``model.apply(variables, x, train=..., mc_dropout=...)`` with
+``x`` NHWC float32 ``[B, H, W, C]`` and returns logits ``[B, k]``. Dropout is active when
+``train or mc_dropout`` (PRNG stream ``"dropout"``); batch norm, where a model has it, uses
+batch statistics only when ``train``, so Monte-Carlo dropout passes keep it in inference
+mode (the original ran them with batch norm in training mode).
+
+Models are Linen modules: stateless descriptions whose parameters (``params``) and batch
+statistics (``batch_stats``) are plain pytrees that jitted functions take and return, so the
+module object never enters the training state.
+
+Conv lowering. On CPU, XLA's native convolution has a slow backward pass, while writing a
+3x3 convolution as nine shifted slices concatenated along channels followed by one matmul
+(and 2x2 max-pooling as reshape + max) trains about three times faster; for inference the
+native convolution is faster. :class:`Conv3x3` and :func:`max_pool` take ``impl`` in
+:data:`CONV_IMPLS`; both lowerings compute the same function with the same parameter names
+and shapes, so parameters trained with one load into the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from alsa_jax import validation
+
+CONV_IMPLS = ("xla", "shifted_matmul")
+
+Padding = str | int | Sequence[tuple[int, int]]
+
+
+def _explicit_padding(
+    padding: Padding, spatial: Sequence[int], kernel: int, stride: int
+) -> list[tuple[int, int]]:
+    """(low, high) padding per spatial dimension, the same numbers for both lowerings."""
+    if isinstance(padding, str):
+        validation.check_choice("padding", padding, ("VALID", "SAME"))
+        return list(
+            jax.lax.padtype_to_pads(tuple(spatial), (kernel, kernel), (stride, stride), padding)
+        )
+    if isinstance(padding, int):
+        return [(padding, padding)] * len(spatial)
+    pads = [tuple(p) for p in padding]
+    if len(pads) != len(spatial):
+        raise ValueError(f"padding needs one (low, high) pair per spatial dimension, got {padding}")
+    return pads
+
+
+class Conv3x3(nn.Module):
+    """3x3 convolution.
+
+    ``y[b, i, j, o] = sum_{di, dj, c} x[b, s*i + di, s*j + dj, c] K[di, dj, c, o] + bias[o]``
+    (after padding ``x``).
+
+    Input ``[B, H, W, C]`` NHWC; output ``[B, H', W', features]``. Parameters ``kernel``
+    ``[3, 3, C, features]`` (HWIO, as ``nn.Conv``) and ``bias`` ``[features]``.
+
+    Attributes:
+      features: output channels.
+      strides: spatial stride s (both dimensions).
+      padding: ``"VALID"``, ``"SAME"`` (XLA's convention), an int p (p on every side, as
+        PyTorch's ``padding=p``) or explicit ``((low, high), (low, high))``.
+      use_bias: add the bias.
+      impl: ``"xla"`` (``lax.conv_general_dilated``) or ``"shifted_matmul"`` (the nine
+        shifted, strided slices concatenated along channels times the reshaped kernel
+        ``[9C, features]``: one matmul whose backward pass is two matmuls).
+    """
+
+    features: int
+    strides: int = 1
+    padding: Padding = "VALID"
+    use_bias: bool = True
+    impl: str = "shifted_matmul"
+    kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+    bias_init: Callable[..., Any] = nn.initializers.zeros
+
+    def __post_init__(self) -> None:
+        validation.check_choice("impl", self.impl, CONV_IMPLS)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        validation.check_rank("x", x, 4)
+        in_features = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (3, 3, in_features, self.features))
+        pads = _explicit_padding(self.padding, x.shape[1:3], 3, self.strides)
+        if self.impl == "xla":
+            y = jax.lax.conv_general_dilated(
+                x,
+                kernel.astype(x.dtype),
+                window_strides=(self.strides, self.strides),
+                padding=pads,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+        else:
+            y = _shifted_matmul_conv3x3(x, kernel.astype(x.dtype), pads, self.strides)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,))
+            y = y + bias.astype(y.dtype)
+        return y
+
+
+def _shifted_matmul_conv3x3(
+    x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]], stride: int
+) -> jax.Array:
+    """The 3x3 convolution as im2col by slicing: [B, H', W', 9C] @ [9C, O]."""
+    if any(p != (0, 0) for p in pads):
+        x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    _, height, width, channels = x.shape
+    out_h = (height - 3) // stride + 1
+    out_w = (width - 3) // stride + 1
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"a 3x3 convolution needs inputs of at least 3x3, got {height}x{width}")
+    # Slice order (di, dj) with channels innermost matches kernel.reshape(9C, O) (row-major HWIO).
+    patches = jnp.concatenate(
+        [
+            jax.lax.slice(
+                x,
+                (0, di, dj, 0),
+                (
+                    x.shape[0],
+                    di + stride * (out_h - 1) + 1,
+                    dj + stride * (out_w - 1) + 1,
+                    channels,
+                ),
+                (1, stride, stride, 1),
+            )
+            for di in range(3)
+            for dj in range(3)
+        ],
+        axis=-1,
+    )
+    return patches @ kernel.reshape(9 * channels, kernel.shape[-1])
+
+
+def max_pool(x: jax.Array, window: int = 2, *, impl: str = "shifted_matmul") -> jax.Array:
+    """Non-overlapping max-pooling ``y[b, i, j, c] = max_{u, v < window} x[b, w*i+u, w*j+v, c]``.
+
+    ``x``: ``[B, H, W, C]``; returns ``[B, H // window, W // window, C]`` (trailing rows and
+    columns that do not fill a window are dropped, as with VALID padding). ``impl="xla"`` uses
+    ``lax.reduce_window``; ``"shifted_matmul"`` a reshape to ``[B, H', w, W', w, C]`` and a max,
+    whose backward pass avoids XLA's select-and-scatter.
+    """
+    validation.check_choice("impl", impl, CONV_IMPLS)
+    validation.check_rank("x", x, 4)
+    if impl == "xla":
+        return nn.max_pool(x, (window, window), strides=(window, window), padding="VALID")
+    batch, height, width, channels = x.shape
+    out_h, out_w = height // window, width // window
+    x = x[:, : out_h * window, : out_w * window, :]
+    return x.reshape(batch, out_h, window, out_w, window, channels).max(axis=(2, 4))
+
+
+class MLP(nn.Module):
+    """flatten -> dense(hidden) -> relu -> dropout -> dense(num_classes): the small MNIST MLP."""
+
+    num_classes: int
+    hidden: int = 64
+    dropout_rate: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool, mc_dropout: bool = False) -> jax.Array:
+        stochastic = train or mc_dropout
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not stochastic)(x)
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+class CNN(nn.Module):
+    """The MNIST CNN: conv3x3(32) relu -> conv3x3(64) relu -> maxpool 2 -> dropout .25 ->
+    flatten -> dense 128 relu -> dropout .5 -> dense(num_classes).
+
+    Convolutions are VALID, so a 28x28 input gives 26 -> 24 -> 12 and an 8x8 one
+    8 -> 6 -> 4 -> 2. ``conv_impl`` picks the lowering (:data:`CONV_IMPLS`); parameters are
+    the same for both.
+    """
+
+    num_classes: int
+    conv_impl: str = "shifted_matmul"
+    conv_dropout_rate: float = 0.25
+    dense_dropout_rate: float = 0.5
+
+    def __post_init__(self) -> None:
+        validation.check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool, mc_dropout: bool = False) -> jax.Array:
+        deterministic = not (train or mc_dropout)
+        x = nn.relu(Conv3x3(32, impl=self.conv_impl, name="conv1")(x))
+        x = nn.relu(Conv3x3(64, impl=self.conv_impl, name="conv2")(x))
+        x = max_pool(x, 2, impl=self.conv_impl)
+        x = nn.Dropout(self.conv_dropout_rate, deterministic=deterministic)(x)
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(128, name="dense")(x))
+        x = nn.Dropout(self.dense_dropout_rate, deterministic=deterministic)(x)
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+# Name -> Linen module class; constructor keywords are the class's fields.
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+}
+
+
+def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """The registered model ``name`` (a key of :data:`MODELS`) with ``num_classes`` outputs.
+
+    ``kwargs`` are the model's fields, e.g. ``conv_impl="xla"`` for the CNN or
+    ``hidden=128`` for the MLP.
+    """
+    validation.check_choice("model", name, MODELS)
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    cls = MODELS[name]
+    fields = [f for f in cls.__dataclass_fields__ if f not in ("num_classes", "parent", "name")]
+    unknown = sorted(set(kwargs) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"model {name!r} has no field {', '.join(unknown)}; it has {', '.join(fields)}"
+        )
+    return cls(num_classes=int(num_classes), **kwargs)

@@ -1,0 +1,463 @@
+"""The training state, optimizers, learning-rate schedules, the jitted step and prediction.
+
+The round loop trains the same network again after every round on a labeled set that
+grows, so everything here is built to compile once and run every round:
+
+- :class:`TrainState` holds arrays only (step, params, batch_stats, opt_state); the model
+  and the optimizer are passed alongside, never stored in it.
+- The learning rate lives in the optimizer state (``optax.inject_hyperparams``) and is an
+  argument of the step, so a schedule computed in Python (:func:`learning_rate_at`) can set
+  it every step without recompiling.
+- :func:`fit` walks epochs in Python, but the jitted step only ever sees ``[batch_size]``
+  batches gathered on device from the fixed data arrays with a row mask, so labeled sets
+  of any size share one compiled step.
+- :func:`predict_probs` and :func:`mc_dropout_probs` pad to whole batches and ``lax.map``
+  over them: one compile per distinct number of rows.
+
+With more than one device, batches are split over the ``"data"`` mesh axis
+(:mod:`alsa_jax.parallel`) and everything else is replicated.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from alsa_jax import losses, parallel, validation
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("exponential", "step")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything training changes, as arrays.
+
+    ``step``: int32 scalar, optimizer steps taken; ``params``: the model's parameters;
+    ``batch_stats``: batch-norm running statistics (``{}`` for models without batch norm);
+    ``opt_state``: the optimizer state, learning rate included.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+# ---------------------------------------------------------------------------------------
+# Optimizers and learning-rate schedules.
+
+
+def _sgd_with_weight_decay(
+    learning_rate: float, momentum: float, weight_decay: float, nesterov: bool
+) -> optax.GradientTransformation:
+    # PyTorch's SGD: g <- g + wd * p; buf <- momentum * buf + g; p <- p - lr * buf
+    # (nesterov: p <- p - lr * (g + momentum * buf)); optax.sgd's trace is the same recursion.
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay),
+        optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+    )
+
+
+def make_optimizer(
+    name: str,
+    *,
+    learning_rate: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+    """The optimizer ``name`` with its learning rate held in the optimizer state.
+
+    ``"adam"``: Adam (default betas; ``momentum``, ``weight_decay`` and ``nesterov`` do not
+    apply, as in the original's MNIST runs). ``"sgd"``: SGD with heavy-ball ``momentum``
+    (Nesterov if ``nesterov``) and L2 ``weight_decay`` added to the gradient, as PyTorch's
+    ``SGD(weight_decay=...)``. The learning rate is injected (``opt_state.hyperparams
+    ["learning_rate"]``) so :func:`make_train_step`'s step can set it every call;
+    ``learning_rate`` is only its initial value.
+    """
+    validation.check_choice("optimizer", name, OPTIMIZERS)
+    validation.check_positive("learning_rate", learning_rate)
+    if name == "adam":
+        return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+    validation.check_in_range("momentum", momentum, 0.0, 1.0)
+    validation.check_positive("weight_decay", weight_decay, strict=False)
+    return optax.inject_hyperparams(_sgd_with_weight_decay, static_args=("nesterov",))(
+        learning_rate=learning_rate,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+    )
+
+
+def learning_rate_at(
+    epoch_progress: float,
+    *,
+    base_lr: float,
+    schedule: str,
+    gamma: float,
+    milestones: Sequence[int] = (),
+    warm_epochs: float = 0,
+    steps_per_epoch: int | None = None,
+) -> float:
+    """The learning rate at fractional epoch ``t = epoch + step / steps_per_epoch``.
+
+    ``"exponential"``: ``base_lr * gamma ** floor(t)`` (per-epoch decay; the original's
+    Adam runs). ``"step"``: ``base_lr * gamma ** #{m in milestones : m <= t}`` (decay by
+    ``gamma`` at each milestone epoch). With ``warm_epochs > 0`` the result is multiplied by
+    the linear warm-up factor ``min(1, (t + 1 / steps_per_epoch) / warm_epochs)``: the first
+    step already gets one step's worth, so the rate is never 0, and the factor reaches 1
+    at the last warm-up step; ``steps_per_epoch`` is needed for that and only for that.
+    Pure Python, for use outside ``jit``.
+    """
+    validation.check_choice("schedule", schedule, SCHEDULES)
+    validation.check_positive("epoch_progress", epoch_progress, strict=False)
+    validation.check_positive("base_lr", base_lr, strict=False)
+    validation.check_positive("warm_epochs", warm_epochs, strict=False)
+    t = float(epoch_progress)
+    if schedule == "exponential":
+        lr = base_lr * gamma ** math.floor(t)
+    else:
+        lr = base_lr * gamma ** sum(1 for m in milestones if m <= t)
+    if warm_epochs > 0:
+        if not steps_per_epoch or steps_per_epoch < 1:
+            raise ValueError(
+                f"warm_epochs={warm_epochs} needs steps_per_epoch (a positive int) so the "
+                f"warm-up starts at one step's worth; got {steps_per_epoch!r}"
+            )
+        lr *= min(1.0, (t + 1.0 / steps_per_epoch) / warm_epochs)
+    return float(lr)
+
+
+def _with_learning_rate(opt_state: Any, learning_rate: jax.Array) -> Any:
+    hyperparams = getattr(opt_state, "hyperparams", None)
+    if not isinstance(hyperparams, dict) or "learning_rate" not in hyperparams:
+        raise ValueError(
+            "the optimizer state has no injected learning rate; build the optimizer with "
+            "make_optimizer (optax.inject_hyperparams)"
+        )
+    old = hyperparams["learning_rate"]
+    new = dict(hyperparams, learning_rate=jnp.asarray(learning_rate, old.dtype))
+    return opt_state._replace(hyperparams=new)
+
+
+# ---------------------------------------------------------------------------------------
+# State and step.
+
+
+def _variables(state: TrainState) -> dict[str, Any]:
+    if state.batch_stats:
+        return {"params": state.params, "batch_stats": state.batch_stats}
+    return {"params": state.params}
+
+
+def create_train_state(
+    key: jax.Array, model: nn.Module, tx: optax.GradientTransformation, input_shape: Sequence[int]
+) -> TrainState:
+    """Fresh parameters (and batch statistics) for ``model`` and ``tx``'s initial state.
+
+    ``input_shape`` is the shape of one example, e.g. ``(28, 28, 1)``; the model is
+    initialised on a zero batch of one. Replicated over the devices when there are several.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    init = jax.jit(lambda k, x: model.init({"params": k}, x, train=False))
+    variables = init(key, jnp.zeros((1, *input_shape), jnp.float32))
+    params = variables["params"]
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+    )
+    return parallel.replicate(state)
+
+
+def make_train_step(
+    model: nn.Module, tx: optax.GradientTransformation
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """A jitted training step.
+
+    ``train_step(state, x, labels, example_weight, mask, learning_rate, key)
+    -> (state, metrics)``.
+
+    One optimizer step on the importance-weighted cross-entropy
+    ``sum_i m_i w_i CE_i / max(1, sum_i m_i)`` (:func:`losses.weighted_cross_entropy`) of
+    the batch ``x [B, ...]``, ``labels [B]``, ``example_weight [B]``, ``mask [B]`` (0 for
+    padding rows), with the optimizer's learning rate set to ``learning_rate`` (a traced
+    scalar: changing it does not recompile) and dropout drawn from ``key``. Batch-norm
+    models update their running statistics. ``metrics``: ``loss``, ``accuracy`` over the
+    masked rows and ``count`` (their number). With several devices, B must be divisible by
+    the device count and the batch is split over them; the state must then be replicated
+    (as :func:`create_train_state` and :func:`fit` leave it) and the batch arrays either
+    uncommitted or split over ``"data"`` (as :func:`fit` gathers them).
+    """
+
+    def train_step(state, x, labels, example_weight, mask, learning_rate, key):
+        parallel.check_batch_size("batch size", x.shape[0])
+        validation.check_rank("labels", labels, 1)
+        validation.check_same_leading(
+            ("x", "labels", "example_weight", "mask"), x, labels, example_weight, mask
+        )
+        x = parallel.constrain_batch(x)
+        has_batch_norm = bool(state.batch_stats)
+
+        def loss_fn(params):
+            variables = {"params": params}
+            if has_batch_norm:
+                variables["batch_stats"] = state.batch_stats
+                logits, updates = model.apply(
+                    variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+                )
+                batch_stats = updates["batch_stats"]
+            else:
+                logits = model.apply(variables, x, train=True, rngs={"dropout": key})
+                batch_stats = state.batch_stats
+            loss = losses.weighted_cross_entropy(logits, labels, example_weight, mask)
+            return loss, (logits, batch_stats)
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        opt_state = _with_learning_rate(state.opt_state, learning_rate)
+        updates, opt_state = tx.update(grads, opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        m = mask.astype(jnp.float32)
+        count = jnp.sum(m)
+        correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.sum(m * correct) / jnp.maximum(count, 1.0),
+            "count": count,
+        }
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        return new_state, metrics
+
+    if not parallel.is_parallel():
+        return jax.jit(train_step)
+    rep, bat = parallel.replicated_sharding(), parallel.batch_sharding()
+    return jax.jit(
+        train_step,
+        in_shardings=(rep, bat, bat, bat, bat, rep, rep),
+        out_shardings=(rep, rep),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The epoch loop.
+
+
+@jax.jit
+def _epoch_order(key: jax.Array, rows: jax.Array) -> jax.Array:
+    """A random permutation of [0, n) with the selected rows first (in random order). [n]."""
+    perm = jax.random.permutation(key, rows.shape[0])
+    return perm[jnp.argsort(~rows[perm], stable=True)]
+
+
+@functools.cache
+def _batch_gatherer(batch_size: int, device_count: int) -> Callable[..., Any]:
+    """Jitted gather of step ``s``'s batch from the device arrays (one compile per data shape)."""
+
+    def gather(data_x, data_y, example_weight, order, count, step, dropout_key):
+        position = step * batch_size + jnp.arange(batch_size)
+        # The last batch wraps around to the epoch's first rows: real examples (so batch
+        # norm sees real data) that the mask keeps out of the loss.
+        index = order[position % jnp.maximum(count, 1)]
+        mask = position < count
+        key = jax.random.fold_in(dropout_key, step)
+        return data_x[index], data_y[index], example_weight[index], mask, key
+
+    if device_count == 1:
+        return jax.jit(gather)
+    bat, rep = parallel.batch_sharding(), parallel.replicated_sharding()
+    return jax.jit(gather, out_shardings=(bat, bat, bat, bat, rep))
+
+
+def fit(
+    state: TrainState,
+    train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]],
+    data_x: jax.Array,
+    data_y: jax.Array,
+    example_weight: jax.Array,
+    rows: jax.Array,
+    *,
+    key: jax.Array,
+    epochs: int,
+    batch_size: int,
+    lr_fn: Callable[[float], float],
+    start_epoch: int = 0,
+) -> tuple[TrainState, dict[str, list[float]]]:
+    """Train for ``epochs`` epochs on the rows of the fixed arrays where ``rows`` is True.
+
+    Each epoch ``e`` (counted from ``start_epoch``) draws a permutation of the selected rows
+    from ``fold_in(key, e)``, cuts it into ``ceil(count / batch_size)`` batches (the last
+    one padded with mask 0) and runs ``train_step`` (from :func:`make_train_step`) on each
+    with learning rate ``lr_fn(e + s / steps_per_epoch)``. Batches are gathered on device
+    from ``data_x [n, ...]``, ``data_y [n]`` and ``example_weight [n]``; the step always
+    sees ``[batch_size]`` shapes, so any number of rows reuses one compile. Deterministic
+    given ``key``.
+
+    Returns the trained state and per-epoch history ``{"loss": [...], "accuracy": [...]}``
+    (means over the epoch's real rows).
+    """
+    validation.check_rank("rows", rows, 1)
+    validation.check_same_leading(
+        ("data_x", "data_y", "example_weight", "rows"), data_x, data_y, example_weight, rows
+    )
+    validation.check_positive("batch_size", batch_size)
+    validation.check_positive("epochs", epochs, strict=False)
+    parallel.check_batch_size("batch_size", batch_size)
+    rows = jnp.asarray(rows, bool)
+    count = int(jnp.sum(rows))
+    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
+    if epochs == 0:
+        return state, history
+    if count == 0:
+        raise ValueError("rows selects no example; there is nothing to train on")
+    steps_per_epoch = -(-count // batch_size)
+    gather = _batch_gatherer(int(batch_size), parallel.device_count())
+    # With several devices: a state or data committed elsewhere (say restored onto one
+    # device) is copied to every device once here, not on every step.
+    state, data_x, data_y, example_weight, rows = parallel.replicate(
+        (
+            state,
+            jnp.asarray(data_x),
+            jnp.asarray(data_y),
+            jnp.asarray(example_weight, jnp.float32),
+            rows,
+        )
+    )
+    count_arr = jnp.int32(count)
+    for epoch in range(start_epoch, start_epoch + epochs):
+        order_key, dropout_key = jax.random.split(jax.random.fold_in(key, epoch))
+        order = _epoch_order(order_key, rows)
+        step_metrics = []
+        for step in range(steps_per_epoch):
+            x, y, w, mask, step_key = gather(
+                data_x, data_y, example_weight, order, count_arr, jnp.int32(step), dropout_key
+            )
+            # A Python float (weakly typed) like a literal learning rate, so direct calls
+            # of the step and fit share one compile.
+            lr = float(lr_fn(epoch + step / steps_per_epoch))
+            state, metrics = train_step(state, x, y, w, mask, lr, step_key)
+            step_metrics.append(metrics)
+        # One transfer per epoch; the steps above are dispatched without waiting.
+        fetched = jax.device_get(step_metrics)
+        counts = np.array([m["count"] for m in fetched], np.float64)
+        history["loss"].append(float(np.dot([m["loss"] for m in fetched], counts) / counts.sum()))
+        history["accuracy"].append(
+            float(np.dot([m["accuracy"] for m in fetched], counts) / counts.sum())
+        )
+    return state, history
+
+
+# ---------------------------------------------------------------------------------------
+# Prediction.
+
+
+@functools.partial(jax.jit, static_argnames=("model", "batch_size", "num_samples"))
+def _predict(model, variables, x, key, *, batch_size, num_samples):
+    n = x.shape[0]
+    num_batches = max(1, -(-n // batch_size))
+    pad = num_batches * batch_size - n
+    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    batches = x.reshape(num_batches, batch_size, *x.shape[1:])
+
+    def probs(xb, rng):
+        xb = parallel.constrain_batch(xb)
+        if rng is None:
+            logits = model.apply(variables, xb, train=False)
+        else:
+            logits = model.apply(variables, xb, train=False, mc_dropout=True, rngs={"dropout": rng})
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    def unbatch(p):  # [num_batches, batch_size, k] -> [n, k]
+        return p.reshape(num_batches * batch_size, -1)[:n]
+
+    if num_samples == 0:
+        return unbatch(jax.lax.map(lambda xb: probs(xb, None), batches))
+
+    def one_pass(pass_key):
+        batch_ids = jnp.arange(num_batches)
+        return unbatch(
+            jax.lax.map(
+                lambda a: probs(a[0], jax.random.fold_in(pass_key, a[1])), (batches, batch_ids)
+            )
+        )
+
+    # Passes outer, batches inner: memory stays at one batch's activations.
+    return jax.lax.map(one_pass, jax.random.split(key, num_samples))
+
+
+def _effective_batch_size(n: int, batch_size: int) -> int:
+    # No point padding a small set up to a large batch; keep it a multiple of the devices.
+    devices = parallel.device_count()
+    return min(batch_size, max(devices, -(-n // devices) * devices))
+
+
+def _check_predict_args(x: jax.Array, batch_size: int) -> None:
+    if np.ndim(x) < 2:
+        raise ValueError(
+            f"x must have a leading row dimension and features, got shape {np.shape(x)}"
+        )
+    validation.check_positive("batch_size", batch_size)
+    parallel.check_batch_size("batch_size", batch_size)
+
+
+def predict_probs(
+    model: nn.Module, state: TrainState, x: jax.Array, *, batch_size: int = 512
+) -> jax.Array:
+    """Class probabilities ``softmax(f(x))`` in inference mode (no dropout, running BN). [n, k].
+
+    ``x``: ``[n, ...]``, padded to whole batches of ``batch_size`` (split over the devices
+    when there are several); one compile per distinct ``n``.
+    """
+    _check_predict_args(x, batch_size)
+    variables, x = parallel.replicate((_variables(state), jnp.asarray(x)))
+    return _predict(
+        model,
+        variables,
+        x,
+        None,
+        batch_size=_effective_batch_size(x.shape[0], batch_size),
+        num_samples=0,
+    )
+
+
+def mc_dropout_probs(
+    model: nn.Module,
+    state: TrainState,
+    x: jax.Array,
+    key: jax.Array,
+    *,
+    num_samples: int,
+    batch_size: int = 512,
+) -> jax.Array:
+    """``num_samples`` Monte-Carlo dropout passes ``p_s(y | x)``. [s, n, k].
+
+    Dropout is on, batch norm stays in inference mode (running averages; statistics are
+    not updated). Pass ``s`` uses ``split(key, num_samples)[s]``, folded with the batch
+    index; deterministic given ``key`` (and ``batch_size``).
+    """
+    _check_predict_args(x, batch_size)
+    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    variables, x, key = parallel.replicate((_variables(state), jnp.asarray(x), key))
+    return _predict(
+        model,
+        variables,
+        x,
+        key,
+        batch_size=_effective_batch_size(x.shape[0], batch_size),
+        num_samples=int(num_samples),
+    )
