@@ -21,7 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "cnn"  # mlp | cnn
-    config.model.conv_impl = "shifted_matmul"  # xla | shifted_matmul (same math, other speed)
+    config.model.conv_impl = "shifted_matmul"  # training: xla | shifted_matmul (same math)
+    config.model.inference_conv_impl = "xla"  # prediction: XLA's conv is faster forward on CPU
 
     config.shift = ml_collections.ConfigDict()
     config.shift.strategy = "dirichlet_target"  # any name in alsa_jax.shift.STRATEGIES

@@ -1,0 +1,208 @@
+"""One round of MALLS as pure functions over the round state.
+
+MALLS (Mediated Active Learning under Label Shift) labels pool points drawn from a
+medial label distribution N between the source P and the target Q, by spreading each
+round's budget over *predicted* classes in proportion to w(y)**lambda, and trains with
+importance weights w(y) = Q(y)/P(y) estimated by BBSE or RLLS from a confusion matrix.
+
+The round state (:class:`RoundState`) is an immutable pytree: the training state, the
+pool state (masks over fixed arrays), the current weight estimate and the PRNG key.
+The functions here do the arithmetic of a round; the loop that runs rounds, trains,
+checkpoints and logs lives in ``launch/replicate.py``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from alsa_jax import acquisition, label_shift, metrics, pool, selection, validation
+from alsa_jax.pool import PoolState
+from alsa_jax.train import TrainState
+
+
+@struct.dataclass
+class RoundState:
+    """Everything a round needs to continue: checkpointed after every round.
+
+    ``round`` int32 scalar (0 = after the initial network h0); ``key`` the loop's raw
+    PRNG key (uint32 [2]); ``train``; ``pool``; ``weights`` w [k] (the current estimate).
+    """
+
+    round: jax.Array
+    key: jax.Array
+    train: TrainState
+    pool: PoolState
+    weights: jax.Array
+
+
+def confusion_rows(state: PoolState, *, use_holdout: bool, all_labeled: bool) -> jax.Array:
+    """Rows whose labels estimate the confusion matrix: bool [n].
+
+    The held-out labeled source sample when there is one; otherwise (the original's
+    behaviour) the warm start, or every labeled training row when ``all_labeled``.
+    """
+    if use_holdout:
+        return state.holdout
+    return pool.training_mask(state) if all_labeled else state.warm
+
+
+def source_rows(state: PoolState, *, all_labeled: bool) -> jax.Array:
+    """The labeled rows that the weights w = Q/P are taken relative to: bool [n]."""
+    return pool.training_mask(state) if all_labeled else state.warm
+
+
+@partial(jax.jit, static_argnames=("method", "soft", "num_classes"))
+def estimate_weights(
+    source_probs: jax.Array,
+    source_labels: jax.Array,
+    confusion_mask: jax.Array,
+    label_mask: jax.Array,
+    target_probs: jax.Array,
+    target_mask: jax.Array,
+    target_labels: jax.Array,
+    *,
+    method: str,
+    reg: float,
+    lam: float,
+    soft: bool,
+    num_classes: int,
+) -> jax.Array:
+    """Importance weights w [k] from predictions on labeled source and unlabeled target rows.
+
+    C[i, j] = P_conf(pred = i, y = j) over ``confusion_mask`` rows, mu_s its row sums,
+    mu_t the predicted-class distribution over ``target_mask`` rows; BBSE solves C w = mu_t,
+    RLLS the regularised problem of :func:`alsa_jax.label_shift.rlls`. Both estimate
+    Q(y)/P_conf(y); since the labels of the confusion rows and of the training rows
+    (``label_mask``) are known, the estimate is rebased exactly onto the training rows:
+
+        w(y) = w_conf(y) * P_conf(y) / P_train(y)        (w_conf(y) where P_train(y) = 0),
+
+    a factor of 1 when the confusion matrix comes from the training rows themselves (the
+    original's behaviour), and the right weights for a held-out confusion sample whose
+    class mix differs from the labeled set's. ``oracle`` uses the hidden labels
+    (``source_labels`` over ``label_mask``, ``target_labels`` over ``target_mask``);
+    ``none`` returns ones.
+    """
+    hard = not soft
+    confusion = label_shift.confusion_matrix(source_probs, source_labels, confusion_mask, hard=hard)
+    source_pred = confusion.sum(axis=1)
+    target_pred = label_shift.predicted_distribution(target_probs, target_mask, hard=hard)
+    train_dist = label_shift.label_distribution(source_labels, num_classes, label_mask)
+    weights = label_shift.estimate_weights(
+        method,
+        confusion=confusion,
+        source_pred_dist=source_pred,
+        target_pred_dist=target_pred,
+        source_label_dist=train_dist,
+        target_label_dist=label_shift.label_distribution(target_labels, num_classes, target_mask),
+        reg=reg,
+        lam=lam,
+        num_classes=num_classes,
+    )
+    if method in ("bbse", "rlls"):
+        conf_dist = confusion.sum(axis=0)
+        weights = jnp.where(
+            train_dist > 0, weights * conf_dist / jnp.where(train_dist > 0, train_dist, 1.0), weights
+        )
+    return weights
+
+
+@partial(jax.jit, static_argnames=("strategy", "budget", "medial_lambda", "use_query_weights"))
+def query(
+    key: jax.Array,
+    probs: jax.Array,
+    mc_probs: jax.Array | None,
+    available: jax.Array,
+    weights: jax.Array,
+    *,
+    strategy: str,
+    budget: int,
+    medial_lambda: float | None,
+    p_min: float = 1e-3,
+    use_query_weights: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+    """Choose ``budget`` pool rows to label: returns (chosen bool [n], query_weight [n]).
+
+    ``probs`` [n, k] (already posterior-corrected if that is on), ``mc_probs`` [s, n, k]
+    for the MC strategies, ``available`` the unlabeled pool rows. Scores from
+    :data:`alsa_jax.acquisition.ACQUISITIONS`; with ``medial_lambda`` set, the budget is
+    shared over predicted classes in proportion to w**medial_lambda, else plain top-k.
+    ``iwal`` streams over the pool with probability p_min + (1 - p_min) * spread and
+    returns the 1/p weights of the chosen rows (ones when ``use_query_weights`` is off).
+    """
+    if strategy == "iwal":
+        query_prob = acquisition.iwal_query_probability(mc_probs, p_min)
+        chosen, importance = selection.iwal_select(key, query_prob, available, budget)
+        query_weight = jnp.where(chosen, importance if use_query_weights else 1.0, 1.0)
+        return chosen, query_weight
+    scores = acquisition.score(strategy, key, probs, mc_probs)
+    if medial_lambda is None:
+        chosen = selection.top_k(scores, available, budget)
+    else:
+        chosen = selection.diversified_top_k(
+            scores, available, jnp.argmax(probs, axis=-1), weights, budget, medial_lambda
+        )
+    return chosen, jnp.ones(probs.shape[0], dtype=jnp.float32)
+
+
+def training_weights(
+    state: PoolState,
+    labels: jax.Array,
+    weights: jax.Array,
+    *,
+    importance_weighting: bool,
+    all_labeled: bool,
+) -> jax.Array:
+    """Per-row loss weights [n]: w(y_i) times the row's query weight, 0 off the training rows.
+
+    With ``importance_weighting`` off every labeled row weighs 1 (times its query
+    weight); with it on, warm-start rows weigh w(y_i), and so do bought rows when
+    ``all_labeled`` (the original's ``reweight``).
+    """
+    train_rows = pool.training_mask(state)
+    class_weight = weights[labels]
+    if not importance_weighting:
+        class_weight = jnp.ones_like(class_weight)
+    elif not all_labeled:
+        class_weight = jnp.where(state.warm, class_weight, 1.0)
+    return jnp.where(train_rows, class_weight * state.query_weight, 0.0)
+
+
+def round_metrics(
+    test_probs: jax.Array,
+    test_labels: jax.Array,
+    test_mask: jax.Array,
+    state: PoolState,
+    source_labels: jax.Array,
+    weights: jax.Array,
+    true_weights: jax.Array,
+    *,
+    num_classes: int,
+) -> dict[str, jax.Array]:
+    """The evaluation record of a round (scalars and [k] vectors as JAX arrays).
+
+    Accuracy family on the test rows; ``source_shift`` = ||Q/P_labeled - 1||_2 of the
+    training rows against the test label distribution and against uniform; weight
+    errors of the estimate w against ``true_weights``.
+    """
+    out = dict(metrics.classification_metrics(test_probs, test_labels, test_mask))
+    labeled = pool.label_distribution(source_labels, pool.training_mask(state), num_classes)
+    target = pool.label_distribution(test_labels, test_mask, num_classes)
+    out["source_shift"] = metrics.source_shift(labeled, target)
+    out["uniform_source_shift"] = metrics.uniform_source_shift(labeled)
+    errors = label_shift.weight_errors(weights, true_weights)
+    out["weight_l2_error"] = errors["l2"]
+    out["weight_mse"] = errors["mse"]
+    out["weight_max_abs_error"] = errors["max_abs"]
+    out["labels_total"] = jnp.sum(pool.training_mask(state))
+    out["labels_bought"] = pool.num_bought(state)
+    return out
+
+
+def check_strategy(strategy: str) -> None:
+    """Raise a one-line ValueError for an unknown ``query.strategy``."""
+    validation.check_choice("query.strategy", strategy, acquisition.ACQUISITIONS)

@@ -1,0 +1,199 @@
+"""End-to-end tests of the replicate loop on the embedded digits data."""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alsa_jax import label_shift, pool, selection
+from configs import digits
+from launch import replicate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING = ("seconds_", "compilations", "h0_cache_hit")
+
+
+def small_config(**overrides):
+    config = digits.get_config()
+    config.model.name = "mlp"
+    config.shift.dataset_cap = 300
+    config.query.num_batches = 3
+    config.query.sample_prop = 0.3
+    config.query.mc_samples = 4
+    config.train.initial_epochs = 10
+    config.train.learning_rate = 1e-2
+    config.train.partial_epochs = 1
+    config.train.batch_size = 32
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+def comparable(history):
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in history]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("runs") / "reference")
+    history = replicate.run(small_config(), workdir, verbose=False)
+    return workdir, history
+
+
+def test_end_to_end_three_rounds(reference_run):
+    workdir, history = reference_run
+    assert [r["round"] for r in history] == [0, 1, 2, 3]
+    # Pool of 150 rows, 30% bought over 3 rounds: 15 labels a round, exactly.
+    assert [r["labels_bought"] for r in history] == [0, 15, 30, 45]
+    assert history[0]["labels_total"] == 150
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in history)
+    assert history[-1]["accuracy"] > 0.5  # digits are easy; far above chance (0.1)
+    assert len(history[-1]["weights"]) == 10
+    with open(os.path.join(workdir, "results.json")) as f:
+        stored = json.load(f)
+    assert stored["config"]["query"]["strategy"] == "maxent"
+    assert comparable(stored["rounds"]) == comparable(history)
+    with open(os.path.join(workdir, "results.csv")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 5 and "per_class_accuracy_9" in lines[0]
+    assert any(name.startswith("events") for name in os.listdir(os.path.join(workdir, "tensorboard")))
+
+
+def test_resume_after_exception_matches_uninterrupted(reference_run, tmp_path, monkeypatch):
+    _, reference = reference_run
+    workdir = str(tmp_path / "interrupted")
+    real_finetune = replicate.finetune
+
+    def failing(exp, state, key, *, epochs, initial):
+        if int(state.round) == 2:
+            raise RuntimeError("simulated crash in round 2")
+        return real_finetune(exp, state, key, epochs=epochs, initial=initial)
+
+    monkeypatch.setattr(replicate, "finetune", failing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        replicate.run(small_config(), workdir, verbose=False)
+    monkeypatch.setattr(replicate, "finetune", real_finetune)
+    resumed = replicate.run(small_config(), workdir, verbose=False)
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_resume_after_sigkill_matches_uninterrupted(reference_run, tmp_path):
+    _, reference = reference_run
+    workdir = tmp_path / "killed"
+    args = [sys.executable, "-m", "launch.replicate", "--config", "configs/digits.py",
+            "--workdir", str(workdir), "--config.model.name=mlp",
+            "--config.shift.dataset_cap=300", "--config.query.num_batches=3",
+            "--config.query.sample_prop=0.3", "--config.query.mc_samples=4",
+            "--config.train.initial_epochs=10", "--config.train.learning_rate=0.01", "--config.train.partial_epochs=1",
+            "--config.train.batch_size=32", f"--config.h0_cache_dir={tmp_path / 'cache'}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (workdir / "checkpoints" / "1").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (workdir / "checkpoints" / "1").exists(), proc.stderr.read().decode()[-2000:]
+    config = small_config(h0_cache_dir=str(tmp_path / "cache"))
+    resumed = replicate.run(config, str(workdir), verbose=False)
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_h0_cache_hit_skips_training(reference_run, tmp_path):
+    _, reference = reference_run
+    cache = str(tmp_path / "cache")
+    first = replicate.run(small_config(h0_cache_dir=cache), str(tmp_path / "a"), verbose=False)
+    assert first[0]["h0_cache_hit"] is False and first[0]["seconds_h0"] > 0
+    second = replicate.run(small_config(h0_cache_dir=cache), str(tmp_path / "b"), verbose=False)
+    assert second[0]["h0_cache_hit"] is True and second[0]["seconds_h0"] == 0.0
+    assert comparable(second) == comparable(first) == comparable(reference)
+    # Another query strategy shares h0 (its cache key has no query fields).
+    other = small_config(h0_cache_dir=cache, **{"query.strategy": "margin"})
+    third = replicate.run(other, str(tmp_path / "c"), verbose=False)
+    assert third[0]["h0_cache_hit"] is True
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    config = small_config()
+    exp = replicate.build_experiment(config, str(tmp_path_factory.mktemp("combo")))
+    state = replicate.initial_state(exp)
+    return exp, state
+
+
+@pytest.mark.parametrize("estimator", ["none", "bbse", "rlls", "oracle"])
+def test_every_strategy_diversify_correction_runs_a_round(built, estimator):
+    exp, state = built
+    strategies = replicate.LOOP_STRATEGIES
+    for strategy, diversify in itertools.product(strategies, selection.DIVERSIFY):
+        config = small_config(**{"label_shift.estimator": estimator, "query.strategy": strategy,
+                                 "query.diversify": diversify, "train.partial_epochs": 0})
+        combo = replicate.Experiment(**{**exp.__dict__, "config": config,
+                                        "medial_lambda": selection.DIVERSIFY[diversify]})
+        new_state, record = replicate.run_round(combo, state, 1)
+        chosen = new_state.pool.labeled & ~state.pool.labeled
+        assert int(chosen.sum()) == exp.budget, (strategy, diversify)
+        assert not bool(jnp.any(chosen & ~state.pool.pool))
+        assert record["labels_bought"] == exp.budget
+        weights = np.asarray(new_state.weights)
+        assert np.all(np.isfinite(weights)) and np.all(weights >= 0)
+        if estimator == "none":
+            np.testing.assert_array_equal(weights, 1.0)
+        if estimator == "oracle":
+            np.testing.assert_allclose(weights, record["true_weights"], rtol=1e-5)
+
+
+def test_class_balanced_selection_spreads_over_predicted_classes(built):
+    exp, state = built
+    config = small_config(**{"query.diversify": "guess", "train.partial_epochs": 0})
+    combo = replicate.Experiment(**{**exp.__dict__, "config": config, "medial_lambda": 0.0})
+    probs = replicate.predict(combo, state.train, combo.source_x)
+    chosen, _ = replicate.query_round(combo, state, probs, jax.random.PRNGKey(0))
+    corrected = label_shift.posterior_correction(probs, state.weights)
+    predicted = np.asarray(jnp.argmax(corrected, -1))[np.asarray(chosen)]
+    available = np.asarray(pool.unlabeled_pool(state.pool))
+    candidates = np.bincount(np.asarray(jnp.argmax(corrected, -1))[available], minlength=10)
+    expected = selection.class_allocation(
+        jnp.asarray(candidates), state.weights, exp.budget, 0.0)
+    np.testing.assert_array_equal(np.bincount(predicted, minlength=10), np.asarray(expected))
+
+
+def test_bad_config_value_is_one_line(tmp_path):
+    with pytest.raises(replicate.ConfigError, match="query.strategy"):
+        replicate.run(small_config(**{"query.strategy": "maxentt"}), str(tmp_path / "x"))
+    with pytest.raises(replicate.ConfigError, match="label_shift.estimator"):
+        replicate.run(small_config(**{"label_shift.estimator": "em"}), str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_workdir_of_another_experiment_is_refused(reference_run):
+    workdir, _ = reference_run
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    with pytest.raises(replicate.checkpoint.ExperimentMismatchError, match="seed"):
+        replicate.run(small_config(seed=7), workdir, verbose=False)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--config.query.strategy=maxentt"], "query.strategy"),
+     (["--config.no_such_field=1"], "no_such_field")],
+)
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, extra, message):
+    args = [sys.executable, "-m", "launch.replicate", "--config", "configs/digits.py",
+            "--workdir", str(tmp_path / "w"), *extra]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], done.stderr
