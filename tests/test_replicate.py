@@ -156,7 +156,9 @@ def test_every_strategy_diversify_correction_runs_a_round(built, estimator):
 
 def test_class_balanced_selection_spreads_over_predicted_classes(built):
     exp, state = built
-    config = small_config(**{"query.diversify": "guess", "train.partial_epochs": 0})
+    state = state.replace(weights=jnp.linspace(0.2, 3.0, 10))  # correction changes predictions
+    config = small_config(**{"query.diversify": "guess", "train.partial_epochs": 0,
+                             "label_shift.posterior_correction_scoring": True})
     combo = replicate.Experiment(**{**exp.__dict__, "config": config, "medial_lambda": 0.0})
     probs = replicate.predict(combo, state.train, combo.source_x)
     chosen, _ = replicate.query_round(combo, state, probs, jax.random.PRNGKey(0))
