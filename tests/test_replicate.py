@@ -199,3 +199,27 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, extra, message):
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_eight_devices_match_one_device(reference_run, tmp_path):
+    """The data-parallel path (batches sharded over 8 CPU devices) gives the same run."""
+    _, reference = reference_run
+    script = (
+        "import json, sys\n"
+        "import jax\n"
+        "from tests.test_replicate import small_config, comparable\n"
+        "from launch import replicate\n"
+        "assert len(jax.devices()) == 8, jax.devices()\n"
+        f"history = replicate.run(small_config(), {str(tmp_path / 'run')!r}, verbose=False)\n"
+        "print(json.dumps(comparable(history)))\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sharded = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = comparable(reference)
+    assert [r["labels_bought"] for r in sharded] == [r["labels_bought"] for r in expected]
+    for got, want in zip(sharded, expected):
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
