@@ -29,7 +29,9 @@ class RoundState:
     """Everything a round needs to continue: checkpointed after every round.
 
     ``round`` int32 scalar (0 = after the initial network h0); ``key`` the loop's raw
-    PRNG key (uint32 [2]); ``train``; ``pool``; ``weights`` w [k] (the current estimate).
+    PRNG key (uint32 [2]); ``train``; ``pool``; ``weights`` w [k] (the current estimate);
+    ``committee`` the query-by-committee networks stacked on a leading axis [S, ...]
+    (None unless the strategy is ``qbc``).
     """
 
     round: jax.Array
@@ -37,6 +39,7 @@ class RoundState:
     train: TrainState
     pool: PoolState
     weights: jax.Array
+    committee: TrainState | None = None
 
 
 def confusion_rows(state: PoolState, *, use_holdout: bool, all_labeled: bool) -> jax.Array:

@@ -55,12 +55,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.label_shift.soft_confusion = False  # confusion from probabilities instead of argmax
 
     config.query = ml_collections.ConfigDict()
-    config.query.strategy = "maxent"  # random | maxent | margin | least_confidence | bald | bald_vote | iwal
+    config.query.strategy = "maxent"  # random | maxent | margin | least_confidence | bald | bald_vote | qbc | iwal
     config.query.diversify = "guess"  # none | guess | subguess | overguess
     config.query.medial_lambda = config_dict.placeholder(float)  # overrides diversify: share ~ w**lambda
     config.query.num_batches = 20  # rounds
     config.query.sample_prop = 0.2  # fraction of the pool bought over all rounds
     config.query.mc_samples = 20  # MC-dropout passes for bald / bald_vote / iwal
+    config.query.committee_size = 8  # qbc: independently initialised networks
     config.query.iwal_p_min = 1e-3
     config.query.iwal_importance_weights = True  # apply IWAL's 1/p weights (False = original)
 

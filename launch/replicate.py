@@ -89,6 +89,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         lambda: validation.check_positive("query.num_batches", config.query.num_batches),
         lambda: validation.check_in_range("query.sample_prop", config.query.sample_prop, 0, 1),
         lambda: validation.check_positive("query.mc_samples", config.query.mc_samples),
+        lambda: validation.check_positive("query.committee_size", config.query.committee_size),
         lambda: validation.check_in_range("query.iwal_p_min", config.query.iwal_p_min, 1e-12, 1),
         lambda: validation.check_choice("train.optimizer", config.train.optimizer, ("adam", "sgd")),
         lambda: validation.check_choice("train.schedule", config.train.schedule, ("exponential", "step")),
@@ -109,9 +110,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(str(error)) from None
 
 
-# Strategies the loop can drive: every registered acquisition but the committee one,
-# which needs separately trained networks rather than dropout passes.
-LOOP_STRATEGIES = tuple(name for name in acquisition.ACQUISITIONS if name != "qbc")
+# Strategies the loop can drive: every registered acquisition (qbc with a committee of
+# query.committee_size networks trained beside the main one).
+LOOP_STRATEGIES = tuple(acquisition.ACQUISITIONS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -129,6 +130,7 @@ class Experiment:
     inference_model: Any  # predicts: same parameters, possibly another conv lowering
     tx: Any
     train_step: Callable
+    committee_step: Callable | None  # all committee members in one vmapped step (qbc)
     source_x: jax.Array  # warm start, holdout and pool rows, padding included
     source_y: jax.Array
     target_x: jax.Array  # unlabeled target sample (labels only for the oracle and errors)
@@ -215,6 +217,8 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
         inference_model=inference_model,
         tx=tx,
         train_step=train.make_train_step(model, tx),
+        committee_step=(train.make_ensemble_train_step(model, tx, q.committee_size)
+                        if q.strategy == "qbc" else None),
         source_x=jnp.asarray(dataset.train_x[source_indices]),
         source_y=jnp.asarray(dataset.train_y[source_indices]),
         target_x=jnp.asarray(dataset.test_x[target_idx]),
@@ -279,8 +283,12 @@ def estimate(exp: Experiment, state: malls.RoundState, source_probs: jax.Array) 
 
 
 def finetune(exp: Experiment, state: malls.RoundState, key: jax.Array, *, epochs: int,
-             initial: bool) -> train.TrainState:
-    """Train on every labeled row (h0: the warm start only) with importance weights."""
+             initial: bool, committee: bool = False) -> train.TrainState:
+    """Train on every labeled row (h0: the warm start only) with importance weights.
+
+    With ``committee`` the query-by-committee networks train instead, all in one
+    vmapped step on the same batches.
+    """
     ls = exp.config.label_shift
     if initial:
         rows = state.pool.warm
@@ -292,9 +300,12 @@ def finetune(exp: Experiment, state: malls.RoundState, key: jax.Array, *, epochs
             importance_weighting=ls.importance_weighting and ls.estimator != "none",
             all_labeled=ls.reweight_all_labeled,
         )
-    fresh = state.train.replace(opt_state=exp.tx.init(state.train.params))
+    network = state.committee if committee else state.train
+    init = jax.vmap(exp.tx.init) if committee else exp.tx.init
+    fresh = network.replace(opt_state=init(network.params))
     trained, _ = train.fit(
-        fresh, exp.train_step, exp.source_x, exp.source_y, example_weight, rows,
+        fresh, exp.committee_step if committee else exp.train_step,
+        exp.source_x, exp.source_y, example_weight, rows,
         key=key, epochs=epochs, batch_size=exp.config.train.batch_size,
         lr_fn=_lr_fn(exp.config, finetune=not initial, steps_per_epoch=max(1, -(
             -int(jnp.sum(rows)) // exp.config.train.batch_size))),
@@ -330,7 +341,14 @@ def query_round(exp: Experiment, state: malls.RoundState, source_probs: jax.Arra
     correct = ls.posterior_correction_scoring and ls.estimator != "none"
     probs = label_shift.posterior_correction(source_probs, state.weights) if correct else source_probs
     mc_probs = None
-    if q.strategy in acquisition.NEEDS_MC:
+    if q.strategy == "qbc":
+        mc_probs = jnp.stack([
+            predict(exp, train.member(state.committee, i), exp.source_x)
+            for i in range(q.committee_size)])
+        if correct:
+            mc_probs = jax.vmap(label_shift.posterior_correction, in_axes=(0, None))(
+                mc_probs, state.weights)
+    elif q.strategy in acquisition.NEEDS_MC:
         mc_key, key = jax.random.split(key)
         mc_probs = train.mc_dropout_probs(
             exp.inference_model, state.train, exp.source_x, mc_key, num_samples=q.mc_samples,
@@ -383,12 +401,18 @@ def _summary(record: dict[str, Any]) -> str:
 def initial_state(exp: Experiment) -> malls.RoundState:
     """The round state before h0: fresh network, warm start labeled, weights 1."""
     init_key, loop_key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), 1))
+    committee = None
+    if exp.committee_step is not None:
+        committee = train.create_ensemble_state(
+            jax.random.fold_in(init_key, 1), exp.model, exp.tx, exp.input_shape,
+            exp.config.query.committee_size)
     return malls.RoundState(
         round=jnp.int32(0),
         key=loop_key,
         train=train.create_train_state(init_key, exp.model, exp.tx, exp.input_shape),
         pool=exp.initial_pool,
         weights=jnp.ones(exp.num_classes, jnp.float32),
+        committee=committee,
     )
 
 
@@ -406,6 +430,10 @@ def run_round(exp: Experiment, state: malls.RoundState, r: int
         round=jnp.int32(r), pool=pool.reveal(state.pool, chosen, r, query_weight))
     state = state.replace(train=timer.phase("finetune", lambda: finetune(
         exp, state, fit_key, epochs=config.train.partial_epochs, initial=False)))
+    if state.committee is not None:
+        state = state.replace(committee=timer.phase("committee", lambda: finetune(
+            exp, state, jax.random.fold_in(fit_key, 1), epochs=config.train.partial_epochs,
+            initial=False, committee=True)))
     if config.label_shift.iterative:
         source_probs = predict(exp, state.train, exp.source_x)
         state = state.replace(weights=timer.phase(
@@ -456,6 +484,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = True
                 exp, state, h0_key, epochs=config.train.initial_epochs, initial=True))
             state = state.replace(train=trained)
             checkpoint.save_h0(cache_dir, exp.h0_key, state.train)
+        if state.committee is not None:
+            say(f"committee: training {config.query.committee_size} networks")
+            state = state.replace(committee=timer.phase("committee", lambda: finetune(
+                exp, state, jax.random.fold_in(h0_key, 1), epochs=config.train.initial_epochs,
+                initial=True, committee=True)))
         source_probs = predict(exp, state.train, exp.source_x)
         state = state.replace(weights=timer.phase("estimation", lambda: estimate(exp, state, source_probs)))
         record = {"round": 0, **timer.phase("evaluation", lambda: evaluate(exp, state))}

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alsa_jax import label_shift, pool, selection
+from alsa_jax import label_shift, pool, selection, train
 from configs import digits
 from launch import replicate
 
@@ -28,6 +28,7 @@ def small_config(**overrides):
     config.query.num_batches = 3
     config.query.sample_prop = 0.3
     config.query.mc_samples = 4
+    config.query.committee_size = 3
     config.train.initial_epochs = 10
     config.train.learning_rate = 1e-2
     config.train.partial_epochs = 1
@@ -96,6 +97,7 @@ def test_resume_after_sigkill_matches_uninterrupted(reference_run, tmp_path):
             "--workdir", str(workdir), "--config.model.name=mlp",
             "--config.shift.dataset_cap=300", "--config.query.num_batches=3",
             "--config.query.sample_prop=0.3", "--config.query.mc_samples=4",
+            "--config.query.committee_size=3",
             "--config.train.initial_epochs=10", "--config.train.learning_rate=0.01", "--config.train.partial_epochs=1",
             "--config.train.batch_size=32", f"--config.h0_cache_dir={tmp_path / 'cache'}"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -136,12 +138,20 @@ def built(tmp_path_factory):
 def test_every_strategy_diversify_correction_runs_a_round(built, estimator):
     exp, state = built
     strategies = replicate.LOOP_STRATEGIES
+    assert "qbc" in strategies and "iwal" in strategies and "bald_vote" in strategies
+    committee_size = 3
+    committee_step = train.make_ensemble_train_step(exp.model, exp.tx, committee_size)
+    committee = train.create_ensemble_state(
+        jax.random.PRNGKey(1), exp.model, exp.tx, exp.input_shape, committee_size)
     for strategy, diversify in itertools.product(strategies, selection.DIVERSIFY):
         config = small_config(**{"label_shift.estimator": estimator, "query.strategy": strategy,
-                                 "query.diversify": diversify, "train.partial_epochs": 0})
+                                 "query.diversify": diversify, "train.partial_epochs": 1})
+        qbc = strategy == "qbc"
         combo = replicate.Experiment(**{**exp.__dict__, "config": config,
-                                        "medial_lambda": selection.DIVERSIFY[diversify]})
-        new_state, record = replicate.run_round(combo, state, 1)
+                                        "medial_lambda": selection.DIVERSIFY[diversify],
+                                        "committee_step": committee_step if qbc else None})
+        start = state.replace(committee=committee if qbc else None)
+        new_state, record = replicate.run_round(combo, start, 1)
         chosen = new_state.pool.labeled & ~state.pool.labeled
         assert int(chosen.sum()) == exp.budget, (strategy, diversify)
         assert not bool(jnp.any(chosen & ~state.pool.pool))
