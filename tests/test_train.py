@@ -453,3 +453,24 @@ def test_eight_devices_match_one():
                 atol=1e-5,
                 err_msg=f"{name} {key}",
             )
+
+
+def test_ensemble_step_equals_each_member_stepped_alone():
+    model = models.create_model("mlp", 3, hidden=8)
+    tx = train.make_optimizer("adam", learning_rate=1e-2)
+    ensemble = train.create_ensemble_state(jax.random.PRNGKey(0), model, tx, (4,), 2)
+    first, second = train.member(ensemble, 0), train.member(ensemble, 1)
+    assert not np.allclose(first.params["head"]["kernel"], second.params["head"]["kernel"])
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 4))
+    y = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
+    w, mask, key = jnp.ones(8), jnp.ones(8, bool), jax.random.PRNGKey(2)
+    stepped, metrics = train.make_ensemble_train_step(model, tx, 2)(
+        ensemble, x, y, w, mask, 1e-2, key)
+    single = train.make_train_step(model, tx)
+    losses = []
+    for i, member_key in enumerate(jax.random.split(key, 2)):
+        alone, m = single(train.member(ensemble, i), x, y, w, mask, 1e-2, member_key)
+        losses.append(float(m["loss"]))
+        np.testing.assert_allclose(train.member(stepped, i).params["head"]["kernel"],
+                                   alone.params["head"]["kernel"], rtol=1e-5, atol=1e-6)
+    assert float(metrics["loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
