@@ -390,12 +390,20 @@ def _count_compilation(event: str, duration: float, **_: Any) -> None:
 jax.monitoring.register_event_duration_secs_listener(_count_compilation)
 
 
+_PHASE_NAMES = {"h0": "h0", "committee": "committee", "prediction": "predict",
+                "selection": "select", "finetune": "fit", "estimation": "estimate",
+                "evaluation": "eval"}
+
+
 def _summary(record: dict[str, Any]) -> str:
+    phases = " ".join(
+        f"{short} {record[f'seconds_{name}']:.2f}s" for name, short in _PHASE_NAMES.items()
+        if f"seconds_{name}" in record)
     return (f"round {record['round']:3d} | labels {record['labels_total']:5d} "
             f"(+{record['labels_bought']:4d}) | acc {record['accuracy']:.4f} "
             f"| class-avg {record['average_class_accuracy']:.4f} "
             f"| f1 {record['f1_macro']:.4f} | w-err {record['weight_l2_error']:.3f} "
-            f"| shift {record['source_shift']:.3f}")
+            f"| shift {record['source_shift']:.3f} | {phases}")
 
 
 def initial_state(exp: Experiment) -> malls.RoundState:
