@@ -66,8 +66,9 @@ def load_digits(*, test_fraction: float = 1 / 3, split_seed: int = 0, **_: objec
     x = (bunch.images.astype(np.float32) / 16.0)[..., None]
     y = bunch.target.astype(np.int32)
     train, test = _stratified_split(y, test_fraction, split_seed)
-    return Dataset("digits", x[train], y[train], x[test], y[test], 10,
-                   tuple(str(i) for i in range(10)))
+    return Dataset(
+        "digits", x[train], y[train], x[test], y[test], 10, tuple(str(i) for i in range(10))
+    )
 
 
 def _as_images(name: str, x: np.ndarray) -> np.ndarray:
@@ -99,7 +100,8 @@ def load_npz(*, path: str = "", num_classes: int = 0, **_: object) -> Dataset:
         missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
         if missing:
             raise ValueError(
-                f"dataset.path={path!r} lacks arrays {missing}; save x_train, y_train, x_test, y_test"
+                f"dataset.path={path!r} lacks arrays {missing}; "
+                "save x_train, y_train, x_test, y_test"
             )
         train_x = _as_images("x_train", arrays["x_train"])
         test_x = _as_images("x_test", arrays["x_test"])
@@ -109,7 +111,9 @@ def load_npz(*, path: str = "", num_classes: int = 0, **_: object) -> Dataset:
         raise ValueError(f"dataset.path={path!r}: x and y arrays differ in length")
     k = int(num_classes) or int(max(train_y.max(), test_y.max())) + 1
     if train_y.min() < 0 or max(train_y.max(), test_y.max()) >= k:
-        raise ValueError(f"dataset.num_classes={k} does not cover the labels; labels must be 0..k-1")
+        raise ValueError(
+            f"dataset.num_classes={k} does not cover the labels; labels must be 0..k-1"
+        )
     return Dataset("npz", train_x, train_y, test_x, test_y, k)
 
 

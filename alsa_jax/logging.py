@@ -63,9 +63,7 @@ class ScalarWriter:
     def __init__(self, workdir: str, *, resume_round: int | None = None):
         from tensorboardX import SummaryWriter
 
-        self._writer = SummaryWriter(
-            os.path.join(workdir, "tensorboard"), purge_step=resume_round
-        )
+        self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_round)
 
     def write(self, record: dict[str, Any]) -> None:
         step = int(record["round"])

@@ -109,7 +109,9 @@ def estimate_weights(
     if method in ("bbse", "rlls"):
         conf_dist = confusion.sum(axis=0)
         weights = jnp.where(
-            train_dist > 0, weights * conf_dist / jnp.where(train_dist > 0, train_dist, 1.0), weights
+            train_dist > 0,
+            weights * conf_dist / jnp.where(train_dist > 0, train_dist, 1.0),
+            weights,
         )
     return weights
 

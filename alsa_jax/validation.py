@@ -26,7 +26,9 @@ def check_choice(name: str, value: str, allowed: Iterable[str]) -> str:
     """Raise unless ``value`` is one of ``allowed``; returns ``value``."""
     allowed = tuple(allowed)
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not known; use one of {', '.join(map(repr, allowed))}")
+        raise ValueError(
+            f"{name}={value!r} is not known; use one of {', '.join(map(repr, allowed))}"
+        )
     return value
 
 
@@ -39,7 +41,9 @@ def check_rank(name: str, x: Any, rank: int) -> None:
 def check_shape(name: str, x: Any, shape: Sequence[int | None]) -> None:
     """Raise unless ``x.shape`` matches ``shape`` (``None`` matches any size)."""
     actual = tuple(np.shape(x))
-    ok = len(actual) == len(shape) and all(s is None or s == a for s, a in zip(shape, actual))
+    ok = len(actual) == len(shape) and all(
+        s is None or s == a for s, a in zip(shape, actual, strict=True)
+    )
     if not ok:
         want = tuple("?" if s is None else s for s in shape)
         raise ValueError(f"{name} must have shape {want}, got {actual}")
@@ -49,7 +53,7 @@ def check_same_leading(names: Sequence[str], *arrays: Any) -> None:
     """Raise unless all arrays share their first dimension."""
     sizes = [np.shape(a)[0] for a in arrays]
     if len(set(sizes)) > 1:
-        pairs = ", ".join(f"{n}: {s}" for n, s in zip(names, sizes))
+        pairs = ", ".join(f"{n}: {s}" for n, s in zip(names, sizes, strict=True))
         raise ValueError(f"{', '.join(names)} must have the same length, got {pairs}")
 
 

@@ -70,8 +70,10 @@ def main() -> None:
     print(f"{'compilation':<14}{compiling:>10.3f}{compiling / total:>9.1%}  (inside the phases)")
     print("XLA compilations per round:", [r["compilations"] for r in history])
     last = history[-1]
-    print(f"final accuracy {last['accuracy']:.4f}, average class accuracy "
-          f"{last['average_class_accuracy']:.4f}, labels {last['labels_total']}")
+    print(
+        f"final accuracy {last['accuracy']:.4f}, average class accuracy "
+        f"{last['average_class_accuracy']:.4f}, labels {last['labels_total']}"
+    )
 
 
 if __name__ == "__main__":

@@ -64,13 +64,18 @@ def main() -> None:
                 workdir = os.path.join(tmp, f"{len(finals[name])}-{abs(hash(name))}")
                 last = replicate.run(config, workdir, verbose=False)[-1]
                 finals[name].append((last["accuracy"], last["average_class_accuracy"]))
-                print(f"seed {seed} {name:<32} acc {last['accuracy']:.4f} "
-                      f"class-avg {last['average_class_accuracy']:.4f}", flush=True)
+                print(
+                    f"seed {seed} {name:<32} acc {last['accuracy']:.4f} "
+                    f"class-avg {last['average_class_accuracy']:.4f}",
+                    flush=True,
+                )
     print(f"\n{args.config}, {args.seeds} seeds (mean ± std)")
     print(f"{'method':<32}{'accuracy':>20}{'average class acc':>22}")
     for name, values in finals.items():
         acc, cls = np.array(values).T
-        print(f"{name:<32}{acc.mean():>12.4f} ± {acc.std():.4f}{cls.mean():>14.4f} ± {cls.std():.4f}")
+        print(
+            f"{name:<32}{acc.mean():>12.4f} ± {acc.std():.4f}{cls.mean():>14.4f} ± {cls.std():.4f}"
+        )
 
 
 if __name__ == "__main__":

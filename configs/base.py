@@ -32,12 +32,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.shift = ml_collections.ConfigDict()
     config.shift.strategy = "dirichlet_target"  # any name in alsa_jax.shift.STRATEGIES
     config.shift.alpha = 0.6  # Dirichlet concentration
-    config.shift.alpha_triple = config_dict.placeholder(tuple)  # dirichlet_general: (warm, pool, test)
+    # dirichlet_general: the (warm, pool, test) alphas.
+    config.shift.alpha_triple = config_dict.placeholder(tuple)
     config.shift.dataset_cap = 3000  # warm start + pool examples after resampling
     config.shift.warmstart_ratio = 1.0  # r: warm start gets cap * r / (1 + r)
     config.shift.test_size = 0  # evaluation examples; 0 = as many as the pool
-    config.shift.holdout_fraction = 0.2  # labeled source rows held out for the confusion matrix; 0 = original
-    config.shift.target_fraction = 0.5  # test rows kept as the unlabeled target sample; 0 = original
+    # Labeled source rows held out for the confusion matrix; 0 = the original (training rows).
+    config.shift.holdout_fraction = 0.2
+    # Test rows kept as the unlabeled target sample; 0 = the original (the test split).
+    config.shift.target_fraction = 0.5
     config.shift.tweak_label = 0  # tweak: the class that gets proportion rho
     config.shift.tweak_rho = 0.5
     config.shift.initial_prop = 0.0  # fraction of the pool labeled up front
@@ -48,16 +51,20 @@ def get_config() -> ml_collections.ConfigDict:
     config.label_shift.weight_lambda = 1.0  # w <- (1 - lambda) + lambda * w
     config.label_shift.iterative = True  # re-estimate the weights after every round
     config.label_shift.importance_weighting = True  # train with the weights w(y)
-    config.label_shift.reweight_all_labeled = True  # weight every labeled example, not only the warm start
+    # Weight every labeled example, not only the warm start (the original's reweight).
+    config.label_shift.reweight_all_labeled = True
     config.label_shift.posterior_correction_scoring = False  # score on p(y|x) w(y), renormalised
     config.label_shift.posterior_correction_eval = False  # evaluate on corrected posteriors
-    config.label_shift.correct_confusion_predictions = False  # original quirk: confusion on corrected posteriors
+    # The original's quirk: the confusion matrix on posterior-corrected predictions.
+    config.label_shift.correct_confusion_predictions = False
     config.label_shift.soft_confusion = False  # confusion from probabilities instead of argmax
 
     config.query = ml_collections.ConfigDict()
-    config.query.strategy = "maxent"  # random | maxent | margin | least_confidence | bald | bald_vote | qbc | iwal
+    # random | maxent | margin | least_confidence | bald | bald_vote | qbc | iwal
+    config.query.strategy = "maxent"
     config.query.diversify = "guess"  # none | guess | subguess | overguess
-    config.query.medial_lambda = config_dict.placeholder(float)  # overrides diversify: share ~ w**lambda
+    # Overrides diversify: each predicted class's share of the budget ~ w**lambda.
+    config.query.medial_lambda = config_dict.placeholder(float)
     config.query.num_batches = 20  # rounds
     config.query.sample_prop = 0.2  # fraction of the pool bought over all rounds
     config.query.mc_samples = 20  # MC-dropout passes for bald / bald_vote / iwal

@@ -64,44 +64,68 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------------------
 # Config checks: every choice field is validated before anything is computed or written.
 
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raise a one-line :class:`ConfigError` naming the first unusable field."""
     checks: list[Callable[[], Any]] = [
         lambda: validation.check_choice("dataset.name", config.dataset.name, data.DATASETS),
         lambda: validation.check_choice("model.name", config.model.name, models.MODELS),
-        lambda: validation.check_choice("model.conv_impl", config.model.conv_impl, models.CONV_IMPLS),
         lambda: validation.check_choice(
-            "model.inference_conv_impl", config.model.inference_conv_impl, models.CONV_IMPLS),
+            "model.conv_impl", config.model.conv_impl, models.CONV_IMPLS
+        ),
+        lambda: validation.check_choice(
+            "model.inference_conv_impl", config.model.inference_conv_impl, models.CONV_IMPLS
+        ),
         lambda: validation.check_choice("shift.strategy", config.shift.strategy, shift.STRATEGIES),
         lambda: validation.check_positive("shift.alpha", config.shift.alpha),
         lambda: validation.check_positive("shift.dataset_cap", config.shift.dataset_cap),
         lambda: validation.check_positive("shift.warmstart_ratio", config.shift.warmstart_ratio),
-        lambda: validation.check_in_range("shift.holdout_fraction", config.shift.holdout_fraction, 0, 0.9),
-        lambda: validation.check_in_range("shift.target_fraction", config.shift.target_fraction, 0, 0.9),
+        lambda: validation.check_in_range(
+            "shift.holdout_fraction", config.shift.holdout_fraction, 0, 0.9
+        ),
+        lambda: validation.check_in_range(
+            "shift.target_fraction", config.shift.target_fraction, 0, 0.9
+        ),
         lambda: validation.check_in_range("shift.initial_prop", config.shift.initial_prop, 0, 1),
         lambda: validation.check_choice(
             "label_shift.estimator", config.label_shift.estimator, label_shift.ESTIMATORS
         ),
-        lambda: validation.check_positive("label_shift.rlls_reg", config.label_shift.rlls_reg, strict=False),
-        lambda: validation.check_in_range("label_shift.weight_lambda", config.label_shift.weight_lambda, 0, 1),
+        lambda: validation.check_positive(
+            "label_shift.rlls_reg", config.label_shift.rlls_reg, strict=False
+        ),
+        lambda: validation.check_in_range(
+            "label_shift.weight_lambda", config.label_shift.weight_lambda, 0, 1
+        ),
         lambda: validation.check_choice("query.strategy", config.query.strategy, LOOP_STRATEGIES),
-        lambda: validation.check_choice("query.diversify", config.query.diversify, selection.DIVERSIFY),
+        lambda: validation.check_choice(
+            "query.diversify", config.query.diversify, selection.DIVERSIFY
+        ),
         lambda: validation.check_positive("query.num_batches", config.query.num_batches),
         lambda: validation.check_in_range("query.sample_prop", config.query.sample_prop, 0, 1),
         lambda: validation.check_positive("query.mc_samples", config.query.mc_samples),
         lambda: validation.check_positive("query.committee_size", config.query.committee_size),
         lambda: validation.check_in_range("query.iwal_p_min", config.query.iwal_p_min, 1e-12, 1),
         lambda: validation.check_choice("train.optimizer", config.train.optimizer, ("adam", "sgd")),
-        lambda: validation.check_choice("train.schedule", config.train.schedule, ("exponential", "step")),
+        lambda: validation.check_choice(
+            "train.schedule", config.train.schedule, ("exponential", "step")
+        ),
         lambda: validation.check_positive("train.learning_rate", config.train.learning_rate),
-        lambda: validation.check_positive("train.finetune_learning_rate", config.train.finetune_learning_rate),
+        lambda: validation.check_positive(
+            "train.finetune_learning_rate", config.train.finetune_learning_rate
+        ),
         lambda: validation.check_positive("train.batch_size", config.train.batch_size),
-        lambda: validation.check_positive("train.initial_epochs", config.train.initial_epochs, strict=False),
-        lambda: validation.check_positive("train.partial_epochs", config.train.partial_epochs, strict=False),
+        lambda: validation.check_positive(
+            "train.initial_epochs", config.train.initial_epochs, strict=False
+        ),
+        lambda: validation.check_positive(
+            "train.partial_epochs", config.train.partial_epochs, strict=False
+        ),
     ]
     if config.query.medial_lambda is not None:
         checks.append(
-            lambda: validation.check_in_range("query.medial_lambda", config.query.medial_lambda, 0, 1)
+            lambda: validation.check_in_range(
+                "query.medial_lambda", config.query.medial_lambda, 0, 1
+            )
         )
     for check in checks:
         try:
@@ -117,6 +141,7 @@ LOOP_STRATEGIES = tuple(acquisition.ACQUISITIONS)
 
 # ---------------------------------------------------------------------------------------
 # Setup: data, splits, model. Pure given the config; nothing is written.
+
 
 @dataclasses.dataclass
 class Experiment:
@@ -188,15 +213,20 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
         medial_lambda = selection.DIVERSIFY[q.diversify]
 
     fields = models.MODELS[config.model.name].__dataclass_fields__
-    model_kwargs = {name: value for name, value in config.model.items()
-                    if name in fields and name not in ("name", "parent")}
+    model_kwargs = {
+        name: value
+        for name, value in config.model.items()
+        if name in fields and name not in ("name", "parent")
+    }
     model = models.create_model(config.model.name, k, **model_kwargs)
     inference_model = model
     if "conv_impl" in fields and config.model.inference_conv_impl:
         inference_model = model.clone(conv_impl=config.model.inference_conv_impl)
     t = config.train
     tx = train.make_optimizer(
-        t.optimizer, learning_rate=t.learning_rate, momentum=t.momentum,
+        t.optimizer,
+        learning_rate=t.learning_rate,
+        momentum=t.momentum,
         weight_decay=t.weight_decay,
     )
     h0_key = {
@@ -204,9 +234,21 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
         "dataset": config.dataset.to_dict(),
         "shift": config.shift.to_dict(),
         "model": config.model.to_dict(),
-        "train": {name: t[name] for name in (
-            "optimizer", "schedule", "learning_rate", "gamma", "milestones", "warm_epochs",
-            "momentum", "weight_decay", "batch_size", "initial_epochs")},
+        "train": {
+            name: t[name]
+            for name in (
+                "optimizer",
+                "schedule",
+                "learning_rate",
+                "gamma",
+                "milestones",
+                "warm_epochs",
+                "momentum",
+                "weight_decay",
+                "batch_size",
+                "initial_epochs",
+            )
+        },
     }
     return Experiment(
         config=config,
@@ -217,8 +259,11 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
         inference_model=inference_model,
         tx=tx,
         train_step=train.make_train_step(model, tx),
-        committee_step=(train.make_ensemble_train_step(model, tx, q.committee_size)
-                        if q.strategy == "qbc" else None),
+        committee_step=(
+            train.make_ensemble_train_step(model, tx, q.committee_size)
+            if q.strategy == "qbc"
+            else None
+        ),
         source_x=jnp.asarray(dataset.train_x[source_indices]),
         source_y=jnp.asarray(dataset.train_y[source_indices]),
         target_x=jnp.asarray(dataset.test_x[target_idx]),
@@ -238,8 +283,10 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
 # ---------------------------------------------------------------------------------------
 # The steps of a round.
 
-def _lr_fn(config: ml_collections.ConfigDict, *, finetune: bool,
-           steps_per_epoch: int) -> Callable[[float], float]:
+
+def _lr_fn(
+    config: ml_collections.ConfigDict, *, finetune: bool, steps_per_epoch: int
+) -> Callable[[float], float]:
     t = config.train
     return lambda epoch: train.learning_rate_at(
         epoch,
@@ -254,7 +301,8 @@ def _lr_fn(config: ml_collections.ConfigDict, *, finetune: bool,
 
 def predict(exp: Experiment, state: train.TrainState, x: jax.Array) -> jax.Array:
     return train.predict_probs(
-        exp.inference_model, state, x, batch_size=exp.config.train.eval_batch_size)
+        exp.inference_model, state, x, batch_size=exp.config.train.eval_batch_size
+    )
 
 
 def estimate(exp: Experiment, state: malls.RoundState, source_probs: jax.Array) -> jax.Array:
@@ -268,8 +316,9 @@ def estimate(exp: Experiment, state: malls.RoundState, source_probs: jax.Array) 
     return malls.estimate_weights(
         source_probs,
         exp.source_y,
-        malls.confusion_rows(state.pool, use_holdout=exp.use_holdout,
-                             all_labeled=ls.reweight_all_labeled),
+        malls.confusion_rows(
+            state.pool, use_holdout=exp.use_holdout, all_labeled=ls.reweight_all_labeled
+        ),
         malls.source_rows(state.pool, all_labeled=ls.reweight_all_labeled),
         target_probs,
         exp.target_valid,
@@ -282,8 +331,15 @@ def estimate(exp: Experiment, state: malls.RoundState, source_probs: jax.Array) 
     )
 
 
-def finetune(exp: Experiment, state: malls.RoundState, key: jax.Array, *, epochs: int,
-             initial: bool, committee: bool = False) -> train.TrainState:
+def finetune(
+    exp: Experiment,
+    state: malls.RoundState,
+    key: jax.Array,
+    *,
+    epochs: int,
+    initial: bool,
+    committee: bool = False,
+) -> train.TrainState:
     """Train on every labeled row (h0: the warm start only) with importance weights.
 
     With ``committee`` the query-by-committee networks train instead, all in one
@@ -296,7 +352,9 @@ def finetune(exp: Experiment, state: malls.RoundState, key: jax.Array, *, epochs
     else:
         rows = pool.training_mask(state.pool)
         example_weight = malls.training_weights(
-            state.pool, exp.source_y, state.weights,
+            state.pool,
+            exp.source_y,
+            state.weights,
             importance_weighting=ls.importance_weighting and ls.estimator != "none",
             all_labeled=ls.reweight_all_labeled,
         )
@@ -304,11 +362,20 @@ def finetune(exp: Experiment, state: malls.RoundState, key: jax.Array, *, epochs
     init = jax.vmap(exp.tx.init) if committee else exp.tx.init
     fresh = network.replace(opt_state=init(network.params))
     trained, _ = train.fit(
-        fresh, exp.committee_step if committee else exp.train_step,
-        exp.source_x, exp.source_y, example_weight, rows,
-        key=key, epochs=epochs, batch_size=exp.config.train.batch_size,
-        lr_fn=_lr_fn(exp.config, finetune=not initial, steps_per_epoch=max(1, -(
-            -int(jnp.sum(rows)) // exp.config.train.batch_size))),
+        fresh,
+        exp.committee_step if committee else exp.train_step,
+        exp.source_x,
+        exp.source_y,
+        example_weight,
+        rows,
+        key=key,
+        epochs=epochs,
+        batch_size=exp.config.train.batch_size,
+        lr_fn=_lr_fn(
+            exp.config,
+            finetune=not initial,
+            steps_per_epoch=max(1, -(-int(jnp.sum(rows)) // exp.config.train.batch_size)),
+        ),
     )
     return trained
 
@@ -325,8 +392,14 @@ def evaluate(exp: Experiment, state: malls.RoundState) -> dict[str, Any]:
         label_shift.label_distribution(exp.target_y, exp.num_classes, exp.target_valid),
     )
     out = malls.round_metrics(
-        probs, exp.test_y, exp.test_valid, state.pool, exp.source_y, state.weights,
-        true_weights, num_classes=exp.num_classes,
+        probs,
+        exp.test_y,
+        exp.test_valid,
+        state.pool,
+        exp.source_y,
+        state.weights,
+        true_weights,
+        num_classes=exp.num_classes,
     )
     record = {name: np.asarray(v).tolist() for name, v in out.items()}
     record["weights"] = np.asarray(state.weights).tolist()
@@ -334,38 +407,58 @@ def evaluate(exp: Experiment, state: malls.RoundState) -> dict[str, Any]:
     return record
 
 
-def query_round(exp: Experiment, state: malls.RoundState, source_probs: jax.Array,
-                key: jax.Array) -> tuple[jax.Array, jax.Array]:
+def query_round(
+    exp: Experiment, state: malls.RoundState, source_probs: jax.Array, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """Score the unlabeled pool and choose this round's batch."""
     q, ls = exp.config.query, exp.config.label_shift
     correct = ls.posterior_correction_scoring and ls.estimator != "none"
-    probs = label_shift.posterior_correction(source_probs, state.weights) if correct else source_probs
+    probs = (
+        label_shift.posterior_correction(source_probs, state.weights) if correct else source_probs
+    )
     mc_probs = None
     if q.strategy == "qbc":
-        mc_probs = jnp.stack([
-            predict(exp, train.member(state.committee, i), exp.source_x)
-            for i in range(q.committee_size)])
+        mc_probs = jnp.stack(
+            [
+                predict(exp, train.member(state.committee, i), exp.source_x)
+                for i in range(q.committee_size)
+            ]
+        )
         if correct:
             mc_probs = jax.vmap(label_shift.posterior_correction, in_axes=(0, None))(
-                mc_probs, state.weights)
+                mc_probs, state.weights
+            )
     elif q.strategy in acquisition.NEEDS_MC:
         mc_key, key = jax.random.split(key)
         mc_probs = train.mc_dropout_probs(
-            exp.inference_model, state.train, exp.source_x, mc_key, num_samples=q.mc_samples,
+            exp.inference_model,
+            state.train,
+            exp.source_x,
+            mc_key,
+            num_samples=q.mc_samples,
             batch_size=exp.config.train.eval_batch_size,
         )
         if correct:
             mc_probs = jax.vmap(label_shift.posterior_correction, in_axes=(0, None))(
-                mc_probs, state.weights)
+                mc_probs, state.weights
+            )
     return malls.query(
-        key, probs, mc_probs, pool.unlabeled_pool(state.pool), state.weights,
-        strategy=q.strategy, budget=exp.budget, medial_lambda=exp.medial_lambda,
-        p_min=float(q.iwal_p_min), use_query_weights=bool(q.iwal_importance_weights),
+        key,
+        probs,
+        mc_probs,
+        pool.unlabeled_pool(state.pool),
+        state.weights,
+        strategy=q.strategy,
+        budget=exp.budget,
+        medial_lambda=exp.medial_lambda,
+        p_min=float(q.iwal_p_min),
+        use_query_weights=bool(q.iwal_importance_weights),
     )
 
 
 # ---------------------------------------------------------------------------------------
 # The loop.
+
 
 class _Timer:
     """Wall seconds per phase (after device work finishes) and XLA compilations."""
@@ -390,30 +483,46 @@ def _count_compilation(event: str, duration: float, **_: Any) -> None:
 jax.monitoring.register_event_duration_secs_listener(_count_compilation)
 
 
-_PHASE_NAMES = {"h0": "h0", "committee": "committee", "prediction": "predict",
-                "selection": "select", "finetune": "fit", "estimation": "estimate",
-                "evaluation": "eval"}
+_PHASE_NAMES = {
+    "h0": "h0",
+    "committee": "committee",
+    "prediction": "predict",
+    "selection": "select",
+    "finetune": "fit",
+    "estimation": "estimate",
+    "evaluation": "eval",
+}
 
 
 def _summary(record: dict[str, Any]) -> str:
     phases = " ".join(
-        f"{short} {record[f'seconds_{name}']:.2f}s" for name, short in _PHASE_NAMES.items()
-        if f"seconds_{name}" in record)
-    return (f"round {record['round']:3d} | labels {record['labels_total']:5d} "
-            f"(+{record['labels_bought']:4d}) | acc {record['accuracy']:.4f} "
-            f"| class-avg {record['average_class_accuracy']:.4f} "
-            f"| f1 {record['f1_macro']:.4f} | w-err {record['weight_l2_error']:.3f} "
-            f"| shift {record['source_shift']:.3f} | {phases}")
+        f"{short} {record[f'seconds_{name}']:.2f}s"
+        for name, short in _PHASE_NAMES.items()
+        if f"seconds_{name}" in record
+    )
+    return (
+        f"round {record['round']:3d} | labels {record['labels_total']:5d} "
+        f"(+{record['labels_bought']:4d}) | acc {record['accuracy']:.4f} "
+        f"| class-avg {record['average_class_accuracy']:.4f} "
+        f"| f1 {record['f1_macro']:.4f} | w-err {record['weight_l2_error']:.3f} "
+        f"| shift {record['source_shift']:.3f} | {phases}"
+    )
 
 
 def initial_state(exp: Experiment) -> malls.RoundState:
     """The round state before h0: fresh network, warm start labeled, weights 1."""
-    init_key, loop_key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), 1))
+    init_key, loop_key = jax.random.split(
+        jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), 1)
+    )
     committee = None
     if exp.committee_step is not None:
         committee = train.create_ensemble_state(
-            jax.random.fold_in(init_key, 1), exp.model, exp.tx, exp.input_shape,
-            exp.config.query.committee_size)
+            jax.random.fold_in(init_key, 1),
+            exp.model,
+            exp.tx,
+            exp.input_shape,
+            exp.config.query.committee_size,
+        )
     return malls.RoundState(
         round=jnp.int32(0),
         key=loop_key,
@@ -424,8 +533,9 @@ def initial_state(exp: Experiment) -> malls.RoundState:
     )
 
 
-def run_round(exp: Experiment, state: malls.RoundState, r: int
-              ) -> tuple[malls.RoundState, dict[str, Any]]:
+def run_round(
+    exp: Experiment, state: malls.RoundState, r: int
+) -> tuple[malls.RoundState, dict[str, Any]]:
     """Round ``r``: score, select, reveal, fine-tune, re-estimate, evaluate."""
     config = exp.config
     timer, before = _Timer(), _Timer.compilations
@@ -433,26 +543,48 @@ def run_round(exp: Experiment, state: malls.RoundState, r: int
     query_key, fit_key = jax.random.split(round_key)
     source_probs = timer.phase("prediction", lambda: predict(exp, state.train, exp.source_x))
     chosen, query_weight = timer.phase(
-        "selection", lambda: query_round(exp, state, source_probs, query_key))
+        "selection", lambda: query_round(exp, state, source_probs, query_key)
+    )
+    state = state.replace(round=jnp.int32(r), pool=pool.reveal(state.pool, chosen, r, query_weight))
     state = state.replace(
-        round=jnp.int32(r), pool=pool.reveal(state.pool, chosen, r, query_weight))
-    state = state.replace(train=timer.phase("finetune", lambda: finetune(
-        exp, state, fit_key, epochs=config.train.partial_epochs, initial=False)))
+        train=timer.phase(
+            "finetune",
+            lambda: finetune(
+                exp, state, fit_key, epochs=config.train.partial_epochs, initial=False
+            ),
+        )
+    )
     if state.committee is not None:
-        state = state.replace(committee=timer.phase("committee", lambda: finetune(
-            exp, state, jax.random.fold_in(fit_key, 1), epochs=config.train.partial_epochs,
-            initial=False, committee=True)))
+        state = state.replace(
+            committee=timer.phase(
+                "committee",
+                lambda: finetune(
+                    exp,
+                    state,
+                    jax.random.fold_in(fit_key, 1),
+                    epochs=config.train.partial_epochs,
+                    initial=False,
+                    committee=True,
+                ),
+            )
+        )
     if config.label_shift.iterative:
         source_probs = predict(exp, state.train, exp.source_x)
-        state = state.replace(weights=timer.phase(
-            "estimation", lambda: estimate(exp, state, source_probs)))
+        state = state.replace(
+            weights=timer.phase("estimation", lambda: estimate(exp, state, source_probs))
+        )
     record = {"round": r, **timer.phase("evaluation", lambda: evaluate(exp, state))}
     record.update(timer.seconds, compilations=_Timer.compilations - before)
     return state, record
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = True,
-        stop_after_round: int | None = None) -> list[dict[str, Any]]:
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    verbose: bool = True,
+    stop_after_round: int | None = None,
+) -> list[dict[str, Any]]:
     """Run (or resume) the experiment of ``config`` in ``workdir``; returns the round records.
 
     ``stop_after_round`` ends the run early after that round's checkpoint (the next
@@ -465,8 +597,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = True
         raise ConfigError(str(error)) from None
     config_dict = config.to_dict()
     checkpoint.claim_workdir(workdir, config_dict)
-    manager = checkpoint.RoundCheckpointer(os.path.join(workdir, "checkpoints"),
-                                           keep=config.checkpoint_keep)
+    manager = checkpoint.RoundCheckpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.checkpoint_keep
+    )
     state = initial_state(exp)
 
     latest = manager.latest_round()
@@ -478,7 +611,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = True
         timer = _Timer()
         before = _Timer.compilations
         cache_dir = config.h0_cache_dir or os.path.join(
-            os.path.dirname(os.path.abspath(workdir)), "h0_cache")
+            os.path.dirname(os.path.abspath(workdir)), "h0_cache"
+        )
         h0_key = jax.random.fold_in(state.key, 0)
         cached = checkpoint.load_h0(cache_dir, exp.h0_key, state.train)
         if cached is not None:
@@ -486,22 +620,43 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = True
             state = state.replace(train=cached)
             timer.seconds["seconds_h0"] = 0.0
         else:
-            say(f"h0: training {config.train.initial_epochs} epochs on "
-                f"{int(jnp.sum(state.pool.warm))} warm-start examples")
-            trained = timer.phase("h0", lambda: finetune(
-                exp, state, h0_key, epochs=config.train.initial_epochs, initial=True))
+            say(
+                f"h0: training {config.train.initial_epochs} epochs on "
+                f"{int(jnp.sum(state.pool.warm))} warm-start examples"
+            )
+            trained = timer.phase(
+                "h0",
+                lambda: finetune(
+                    exp, state, h0_key, epochs=config.train.initial_epochs, initial=True
+                ),
+            )
             state = state.replace(train=trained)
             checkpoint.save_h0(cache_dir, exp.h0_key, state.train)
         if state.committee is not None:
             say(f"committee: training {config.query.committee_size} networks")
-            state = state.replace(committee=timer.phase("committee", lambda: finetune(
-                exp, state, jax.random.fold_in(h0_key, 1), epochs=config.train.initial_epochs,
-                initial=True, committee=True)))
+            state = state.replace(
+                committee=timer.phase(
+                    "committee",
+                    lambda: finetune(
+                        exp,
+                        state,
+                        jax.random.fold_in(h0_key, 1),
+                        epochs=config.train.initial_epochs,
+                        initial=True,
+                        committee=True,
+                    ),
+                )
+            )
         source_probs = predict(exp, state.train, exp.source_x)
-        state = state.replace(weights=timer.phase("estimation", lambda: estimate(exp, state, source_probs)))
+        state = state.replace(
+            weights=timer.phase("estimation", lambda: estimate(exp, state, source_probs))
+        )
         record = {"round": 0, **timer.phase("evaluation", lambda: evaluate(exp, state))}
-        record.update(timer.seconds, h0_cache_hit=cached is not None,
-                      compilations=_Timer.compilations - before)
+        record.update(
+            timer.seconds,
+            h0_cache_hit=cached is not None,
+            compilations=_Timer.compilations - before,
+        )
         history.append(record)
         manager.save(0, state, history)
         results_log.write_results(workdir, config_dict, history)
@@ -514,7 +669,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = True
     writer.write(history[-1])
     budget_note = f"{exp.budget} labels a round, diversify lambda={exp.medial_lambda}"
     if latest < config.query.num_batches:
-        say(f"rounds {latest + 1}..{config.query.num_batches}: {config.query.strategy}, {budget_note}")
+        rounds = f"{latest + 1}..{config.query.num_batches}"
+        say(f"rounds {rounds}: {config.query.strategy}, {budget_note}")
 
     for r in range(latest + 1, config.query.num_batches + 1):
         if stop_after_round is not None and r > stop_after_round:
@@ -540,8 +696,10 @@ def main(argv: list[str]) -> None:
         _CONFIG.value.to_dict()  # config files load lazily: surface a bad path here
     except Exception as error:  # noqa: BLE001 - any failure to load the file, as one line
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        print(f"error: --config could not be loaded: {lines[-1] if lines else error!r}",
-              file=sys.stderr)
+        print(
+            f"error: --config could not be loaded: {lines[-1] if lines else error!r}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
     try:
@@ -557,8 +715,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as error:  # ml_collections: an override of no field
         field = str(error).strip("\"'")
-        print(f"error: the config has no field {field!r}; see configs/base.py for the fields",
-              file=sys.stderr)
+        print(
+            f"error: the config has no field {field!r}; see configs/base.py for the fields",
+            file=sys.stderr,
+        )
     except (flags.Error, ValueError, TypeError) as error:
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
     sys.exit(2)

@@ -40,14 +40,17 @@ def test_h0_cache_is_keyed(tmp_path):
     assert checkpoint.load_h0(str(tmp_path), key, like) is None
     checkpoint.save_h0(str(tmp_path), key, {"params": jnp.arange(4.0)})
     checkpoint.save_h0(str(tmp_path), key, {"params": jnp.ones(4)})  # already cached: kept
-    np.testing.assert_array_equal(checkpoint.load_h0(str(tmp_path), key, like)["params"],
-                                  np.arange(4.0))
+    np.testing.assert_array_equal(
+        checkpoint.load_h0(str(tmp_path), key, like)["params"], np.arange(4.0)
+    )
     assert checkpoint.load_h0(str(tmp_path), {**key, "seed": 2}, like) is None
 
 
 def test_results_files(tmp_path):
-    history = [{"round": 0, "accuracy": 0.5, "per_class_accuracy": [0.25, 0.75]},
-               {"round": 1, "accuracy": 0.75, "per_class_accuracy": [0.5, 1.0], "seconds_x": 1.0}]
+    history = [
+        {"round": 0, "accuracy": 0.5, "per_class_accuracy": [0.25, 0.75]},
+        {"round": 1, "accuracy": 0.75, "per_class_accuracy": [0.5, 1.0], "seconds_x": 1.0},
+    ]
     results_log.write_results(str(tmp_path), {"seed": 0}, history)
     lines = (tmp_path / "results.csv").read_text().splitlines()
     assert lines[0] == "round,accuracy,per_class_accuracy_0,per_class_accuracy_1,seconds_x"

@@ -22,9 +22,13 @@ def test_digits_split_is_stratified_and_fixed():
 def test_npz_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "arrays.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (20, 4, 4), dtype=np.uint8),
-             y_train=rng.integers(0, 3, 20), x_test=rng.integers(0, 256, (6, 4, 4), dtype=np.uint8),
-             y_test=np.array([0, 1, 2, 0, 1, 2]))
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (20, 4, 4), dtype=np.uint8),
+        y_train=rng.integers(0, 3, 20),
+        x_test=rng.integers(0, 256, (6, 4, 4), dtype=np.uint8),
+        y_test=np.array([0, 1, 2, 0, 1, 2]),
+    )
     ds = data.load_dataset("npz", path=str(path))
     assert ds.train_x.shape == (20, 4, 4, 1) and ds.train_x.dtype == np.float32
     assert ds.train_x.max() <= 1.0

@@ -69,7 +69,9 @@ def test_end_to_end_three_rounds(reference_run):
     with open(os.path.join(workdir, "results.csv")) as f:
         lines = f.read().splitlines()
     assert len(lines) == 5 and "per_class_accuracy_9" in lines[0]
-    assert any(name.startswith("events") for name in os.listdir(os.path.join(workdir, "tensorboard")))
+    assert any(
+        name.startswith("events") for name in os.listdir(os.path.join(workdir, "tensorboard"))
+    )
 
 
 def test_resume_after_exception_matches_uninterrupted(reference_run, tmp_path, monkeypatch):
@@ -93,13 +95,26 @@ def test_resume_after_exception_matches_uninterrupted(reference_run, tmp_path, m
 def test_resume_after_sigkill_matches_uninterrupted(reference_run, tmp_path):
     _, reference = reference_run
     workdir = tmp_path / "killed"
-    args = [sys.executable, "-m", "launch.replicate", "--config", "configs/digits.py",
-            "--workdir", str(workdir), "--config.model.name=mlp",
-            "--config.shift.dataset_cap=300", "--config.query.num_batches=3",
-            "--config.query.sample_prop=0.3", "--config.query.mc_samples=4",
-            "--config.query.committee_size=3",
-            "--config.train.initial_epochs=10", "--config.train.learning_rate=0.01", "--config.train.partial_epochs=1",
-            "--config.train.batch_size=32", f"--config.h0_cache_dir={tmp_path / 'cache'}"]
+    args = [
+        sys.executable,
+        "-m",
+        "launch.replicate",
+        "--config",
+        "configs/digits.py",
+        "--workdir",
+        str(workdir),
+        "--config.model.name=mlp",
+        "--config.shift.dataset_cap=300",
+        "--config.query.num_batches=3",
+        "--config.query.sample_prop=0.3",
+        "--config.query.mc_samples=4",
+        "--config.query.committee_size=3",
+        "--config.train.initial_epochs=10",
+        "--config.train.learning_rate=0.01",
+        "--config.train.partial_epochs=1",
+        "--config.train.batch_size=32",
+        f"--config.h0_cache_dir={tmp_path / 'cache'}",
+    ]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and not (workdir / "checkpoints" / "1").exists():
@@ -142,14 +157,26 @@ def test_every_strategy_diversify_correction_runs_a_round(built, estimator):
     committee_size = 3
     committee_step = train.make_ensemble_train_step(exp.model, exp.tx, committee_size)
     committee = train.create_ensemble_state(
-        jax.random.PRNGKey(1), exp.model, exp.tx, exp.input_shape, committee_size)
+        jax.random.PRNGKey(1), exp.model, exp.tx, exp.input_shape, committee_size
+    )
     for strategy, diversify in itertools.product(strategies, selection.DIVERSIFY):
-        config = small_config(**{"label_shift.estimator": estimator, "query.strategy": strategy,
-                                 "query.diversify": diversify, "train.partial_epochs": 1})
+        config = small_config(
+            **{
+                "label_shift.estimator": estimator,
+                "query.strategy": strategy,
+                "query.diversify": diversify,
+                "train.partial_epochs": 1,
+            }
+        )
         qbc = strategy == "qbc"
-        combo = replicate.Experiment(**{**exp.__dict__, "config": config,
-                                        "medial_lambda": selection.DIVERSIFY[diversify],
-                                        "committee_step": committee_step if qbc else None})
+        combo = replicate.Experiment(
+            **{
+                **exp.__dict__,
+                "config": config,
+                "medial_lambda": selection.DIVERSIFY[diversify],
+                "committee_step": committee_step if qbc else None,
+            }
+        )
         start = state.replace(committee=committee if qbc else None)
         new_state, record = replicate.run_round(combo, start, 1)
         chosen = new_state.pool.labeled & ~state.pool.labeled
@@ -167,8 +194,13 @@ def test_every_strategy_diversify_correction_runs_a_round(built, estimator):
 def test_class_balanced_selection_spreads_over_predicted_classes(built):
     exp, state = built
     state = state.replace(weights=jnp.linspace(0.2, 3.0, 10))  # correction changes predictions
-    config = small_config(**{"query.diversify": "guess", "train.partial_epochs": 0,
-                             "label_shift.posterior_correction_scoring": True})
+    config = small_config(
+        **{
+            "query.diversify": "guess",
+            "train.partial_epochs": 0,
+            "label_shift.posterior_correction_scoring": True,
+        }
+    )
     combo = replicate.Experiment(**{**exp.__dict__, "config": config, "medial_lambda": 0.0})
     probs = replicate.predict(combo, state.train, combo.source_x)
     chosen, _ = replicate.query_round(combo, state, probs, jax.random.PRNGKey(0))
@@ -176,8 +208,7 @@ def test_class_balanced_selection_spreads_over_predicted_classes(built):
     predicted = np.asarray(jnp.argmax(corrected, -1))[np.asarray(chosen)]
     available = np.asarray(pool.unlabeled_pool(state.pool))
     candidates = np.bincount(np.asarray(jnp.argmax(corrected, -1))[available], minlength=10)
-    expected = selection.class_allocation(
-        jnp.asarray(candidates), state.weights, exp.budget, 0.0)
+    expected = selection.class_allocation(jnp.asarray(candidates), state.weights, exp.budget, 0.0)
     np.testing.assert_array_equal(np.bincount(predicted, minlength=10), np.asarray(expected))
 
 
@@ -199,12 +230,22 @@ def test_workdir_of_another_experiment_is_refused(reference_run):
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--config.query.strategy=maxentt"], "query.strategy"),
-     (["--config.no_such_field=1"], "no_such_field")],
+    [
+        (["--config.query.strategy=maxentt"], "query.strategy"),
+        (["--config.no_such_field=1"], "no_such_field"),
+    ],
 )
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, extra, message):
-    args = [sys.executable, "-m", "launch.replicate", "--config", "configs/digits.py",
-            "--workdir", str(tmp_path / "w"), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "launch.replicate",
+        "--config",
+        "configs/digits.py",
+        "--workdir",
+        str(tmp_path / "w"),
+        *extra,
+    ]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -224,12 +265,18 @@ def test_eight_devices_match_one_device(reference_run, tmp_path):
         "print(json.dumps(comparable(history)))\n"
     )
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     sharded = json.loads(done.stdout.strip().splitlines()[-1])
     expected = comparable(reference)
     assert [r["labels_bought"] for r in sharded] == [r["labels_bought"] for r in expected]
-    for got, want in zip(sharded, expected):
+    for got, want in zip(sharded, expected, strict=True):
         for name, value in want.items():
             np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5, err_msg=name)

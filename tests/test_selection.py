@@ -117,7 +117,9 @@ def _allocation_reference(candidates, weights, budget, lam):
 
     total = min(budget, sum(candidates))
     positive = [w > 0 or lam == 0 for w in weights]  # lambda 0: w ** 0 = 1 for every class
-    shares = [Fraction(w) ** lam if p else Fraction(0) for w, p in zip(weights, positive)]
+    shares = [
+        Fraction(w) ** lam if p else Fraction(0) for w, p in zip(weights, positive, strict=True)
+    ]
     first = fill(shares, total)
     second = fill([Fraction(0) if p else Fraction(1) for p in positive], total - sum(first))
     return [a + b for a, b in zip(first, second, strict=True)]

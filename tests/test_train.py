@@ -465,12 +465,17 @@ def test_ensemble_step_equals_each_member_stepped_alone():
     y = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
     w, mask, key = jnp.ones(8), jnp.ones(8, bool), jax.random.PRNGKey(2)
     stepped, metrics = train.make_ensemble_train_step(model, tx, 2)(
-        ensemble, x, y, w, mask, 1e-2, key)
+        ensemble, x, y, w, mask, 1e-2, key
+    )
     single = train.make_train_step(model, tx)
     losses = []
     for i, member_key in enumerate(jax.random.split(key, 2)):
         alone, m = single(train.member(ensemble, i), x, y, w, mask, 1e-2, member_key)
         losses.append(float(m["loss"]))
-        np.testing.assert_allclose(train.member(stepped, i).params["head"]["kernel"],
-                                   alone.params["head"]["kernel"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            train.member(stepped, i).params["head"]["kernel"],
+            alone.params["head"]["kernel"],
+            rtol=1e-5,
+            atol=1e-6,
+        )
     assert float(metrics["loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
