@@ -533,6 +533,27 @@ def initial_state(exp: Experiment) -> malls.RoundState:
     )
 
 
+def train_committee(
+    exp: Experiment, state: malls.RoundState, timer: _Timer, key: jax.Array, *, initial: bool
+) -> malls.RoundState:
+    """Train the query-by-committee networks (if any) as the main network was trained."""
+    if state.committee is None:
+        return state
+    t = exp.config.train
+    committee = timer.phase(
+        "committee",
+        lambda: finetune(
+            exp,
+            state,
+            jax.random.fold_in(key, 1),
+            epochs=t.initial_epochs if initial else t.partial_epochs,
+            initial=initial,
+            committee=True,
+        ),
+    )
+    return state.replace(committee=committee)
+
+
 def run_round(
     exp: Experiment, state: malls.RoundState, r: int
 ) -> tuple[malls.RoundState, dict[str, Any]]:
@@ -554,20 +575,7 @@ def run_round(
             ),
         )
     )
-    if state.committee is not None:
-        state = state.replace(
-            committee=timer.phase(
-                "committee",
-                lambda: finetune(
-                    exp,
-                    state,
-                    jax.random.fold_in(fit_key, 1),
-                    epochs=config.train.partial_epochs,
-                    initial=False,
-                    committee=True,
-                ),
-            )
-        )
+    state = train_committee(exp, state, timer, fit_key, initial=False)
     if config.label_shift.iterative:
         source_probs = predict(exp, state.train, exp.source_x)
         state = state.replace(
@@ -634,19 +642,7 @@ def run(
             checkpoint.save_h0(cache_dir, exp.h0_key, state.train)
         if state.committee is not None:
             say(f"committee: training {config.query.committee_size} networks")
-            state = state.replace(
-                committee=timer.phase(
-                    "committee",
-                    lambda: finetune(
-                        exp,
-                        state,
-                        jax.random.fold_in(h0_key, 1),
-                        epochs=config.train.initial_epochs,
-                        initial=True,
-                        committee=True,
-                    ),
-                )
-            )
+        state = train_committee(exp, state, timer, h0_key, initial=True)
         source_probs = predict(exp, state.train, exp.source_x)
         state = state.replace(
             weights=timer.phase("estimation", lambda: estimate(exp, state, source_probs))
