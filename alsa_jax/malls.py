@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from alsa_jax import acquisition, label_shift, metrics, pool, selection, validation
+from alsa_jax import acquisition, label_shift, metrics, pool, selection
 from alsa_jax.pool import PoolState
 from alsa_jax.train import TrainState
 
@@ -80,9 +80,12 @@ def estimate_weights(
     mu_t the predicted-class distribution over ``target_mask`` rows; BBSE solves C w = mu_t,
     RLLS the regularised problem of :func:`alsa_jax.label_shift.rlls`. Both estimate
     Q(y)/P_conf(y); since the labels of the confusion rows and of the training rows
-    (``label_mask``) are known, the estimate is rebased exactly onto the training rows:
+    (``label_mask``) are known, the estimate is rebased exactly onto the training rows
+    (:func:`rebase_weights`) and only then mixed with ``lam``:
 
-        w(y) = w_conf(y) * P_conf(y) / P_train(y)        (w_conf(y) where P_train(y) = 0),
+        w(y) = (1 - lam) + lam * w_conf(y) * P_conf(y) / P_train(y),
+
+    and a class absent from the confusion sample (P_conf(y) = 0, not identified) gets 1.
 
     a factor of 1 when the confusion matrix comes from the training rows themselves (the
     original's behaviour), and the right weights for a held-out confusion sample whose
@@ -95,6 +98,7 @@ def estimate_weights(
     source_pred = confusion.sum(axis=1)
     target_pred = label_shift.predicted_distribution(target_probs, target_mask, hard=hard)
     train_dist = label_shift.label_distribution(source_labels, num_classes, label_mask)
+    rebased = method in ("bbse", "rlls")
     weights = label_shift.estimate_weights(
         method,
         confusion=confusion,
@@ -103,17 +107,27 @@ def estimate_weights(
         source_label_dist=train_dist,
         target_label_dist=label_shift.label_distribution(target_labels, num_classes, target_mask),
         reg=reg,
-        lam=lam,
+        lam=1.0 if rebased else lam,
         num_classes=num_classes,
     )
-    if method in ("bbse", "rlls"):
+    if rebased:  # rebase the raw estimate, then shrink towards 1
         conf_dist = confusion.sum(axis=0)
-        weights = jnp.where(
-            train_dist > 0,
-            weights * conf_dist / jnp.where(train_dist > 0, train_dist, 1.0),
-            weights,
-        )
+        weights = rebase_weights(weights, conf_dist, train_dist)
+        # A class absent from the confusion sample has no column in C: its weight is not
+        # identified, so it gets the neutral 1 rather than whatever the solver left there.
+        weights = label_shift.mix_weights(jnp.where(conf_dist > 0, weights, 1.0), lam)
     return weights
+
+
+def rebase_weights(weights: jax.Array, from_dist: jax.Array, to_dist: jax.Array) -> jax.Array:
+    """Weights Q/P_from re-expressed against another labeled set: Q/P_to, [k].
+
+    w_to(y) = w(y) * P_from(y) / P_to(y), exact because both label distributions are
+    known. Where either P_from(y) or P_to(y) is 0 the ratio says nothing about Q(y), and
+    w(y) is kept as it is.
+    """
+    both = (from_dist > 0) & (to_dist > 0)
+    return jnp.where(both, weights * from_dist / jnp.where(both, to_dist, 1.0), weights)
 
 
 @partial(jax.jit, static_argnames=("strategy", "budget", "medial_lambda", "use_query_weights"))
@@ -204,10 +218,6 @@ def round_metrics(
     out["weight_mse"] = errors["mse"]
     out["weight_max_abs_error"] = errors["max_abs"]
     out["labels_total"] = jnp.sum(pool.training_mask(state))
+    out["labels_holdout"] = jnp.sum(state.holdout)  # bought too, for the confusion matrix
     out["labels_bought"] = pool.num_bought(state)
     return out
-
-
-def check_strategy(strategy: str) -> None:
-    """Raise a one-line ValueError for an unknown ``query.strategy``."""
-    validation.check_choice("query.strategy", strategy, acquisition.ACQUISITIONS)

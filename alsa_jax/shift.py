@@ -368,10 +368,16 @@ def _resampled_split(
             f"class {missing[0]} has no examples in the {part} part to resample from; "
             "lower holdout_fraction / target_fraction or use a dataset with more rows per class"
         )
+    draw_key, order_key = jax.random.split(key)
     indices, valid = resample_per_class(
-        key, labels, _mask(labels.shape[0], rows), p, size, num_classes
+        draw_key, labels, _mask(labels.shape[0], rows), p, size, num_classes
     )
-    return Split(indices=indices, valid=valid)
+    # resample_per_class groups the slots by class; a split's row order must not reveal
+    # labels (selection breaks ties by row and IWAL streams rows in order), so the valid
+    # slots are shuffled, staying a prefix.
+    noise = np.asarray(jax.random.uniform(order_key, (indices.shape[0],)))
+    order = np.lexsort((noise, ~np.asarray(valid)))
+    return Split(indices=indices[order], valid=valid[order])
 
 
 def _check_fraction(name: str, value: float) -> None:

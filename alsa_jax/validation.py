@@ -62,7 +62,7 @@ def check_positive(name: str, value: Any, *, strict: bool = True) -> None:
     if not is_concrete(value):
         return
     v = np.asarray(value)
-    bad = np.any(v <= 0) if strict else np.any(v < 0)
+    bad = not np.all(v > 0) if strict else not np.all(v >= 0)  # NaN fails too
     if bad:
         relation = "> 0" if strict else ">= 0"
         raise ValueError(f"{name} must be {relation}, got {v.tolist() if v.ndim else v.item()}")

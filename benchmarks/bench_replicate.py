@@ -1,6 +1,6 @@
 """Wall time of the digits default run, split by phase, and XLA compilations per round.
 
-    python benchmarks/bench_replicate.py [--config configs/digits.py] [--seeds 1]
+    python benchmarks/bench_replicate.py [--config configs/digits.py] [--seed 0]
 
 Runs the experiment in a fresh temporary workdir (h0 trained, not cached) and prints
 per-phase seconds (summed over rounds), the seconds spent compiling, and the number

@@ -23,6 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.name = "digits"
     config.dataset.path = ""  # npz: the arrays file
     config.dataset.num_classes = 0  # npz: 0 = max label + 1
+    config.dataset.test_fraction = 1 / 3  # digits: share of each class in the test part
+    config.dataset.split_seed = 0  # digits: the fixed train/test split
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "cnn"  # mlp | cnn

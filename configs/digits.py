@@ -10,8 +10,6 @@ from configs import base
 def get_config() -> ml_collections.ConfigDict:
     config = base.get_config()
     config.dataset.name = "digits"
-    config.dataset.test_fraction = 1 / 3
-    config.dataset.split_seed = 0
     config.shift.strategy = "dirichlet_target"
     config.shift.alpha = 0.6
     config.shift.dataset_cap = 1000

@@ -36,6 +36,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+import alsa_jax
 from alsa_jax import (
     acquisition,
     checkpoint,
@@ -43,6 +44,7 @@ from alsa_jax import (
     label_shift,
     malls,
     models,
+    parallel,
     pool,
     selection,
     shift,
@@ -96,7 +98,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         lambda: validation.check_in_range(
             "label_shift.weight_lambda", config.label_shift.weight_lambda, 0, 1
         ),
-        lambda: validation.check_choice("query.strategy", config.query.strategy, LOOP_STRATEGIES),
+        lambda: validation.check_choice(
+            "query.strategy", config.query.strategy, acquisition.ACQUISITIONS
+        ),
         lambda: validation.check_choice(
             "query.diversify", config.query.diversify, selection.DIVERSIFY
         ),
@@ -105,10 +109,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         lambda: validation.check_positive("query.mc_samples", config.query.mc_samples),
         lambda: validation.check_positive("query.committee_size", config.query.committee_size),
         lambda: validation.check_in_range("query.iwal_p_min", config.query.iwal_p_min, 1e-12, 1),
-        lambda: validation.check_choice("train.optimizer", config.train.optimizer, ("adam", "sgd")),
         lambda: validation.check_choice(
-            "train.schedule", config.train.schedule, ("exponential", "step")
+            "train.optimizer", config.train.optimizer, train.OPTIMIZERS
         ),
+        lambda: validation.check_choice("train.schedule", config.train.schedule, train.SCHEDULES),
+        lambda: validation.check_positive("train.gamma", config.train.gamma),
+        lambda: validation.check_in_range("train.momentum", config.train.momentum, 0, 0.999),
+        lambda: validation.check_positive(
+            "train.weight_decay", config.train.weight_decay, strict=False
+        ),
+        lambda: validation.check_positive(
+            "train.warm_epochs", config.train.warm_epochs, strict=False
+        ),
+        lambda: validation.check_positive("train.eval_batch_size", config.train.eval_batch_size),
+        lambda: parallel.check_batch_size("train.batch_size", config.train.batch_size),
+        lambda: parallel.check_batch_size("train.eval_batch_size", config.train.eval_batch_size),
+        lambda: validation.check_in_range("shift.tweak_rho", config.shift.tweak_rho, 0, 1),
+        lambda: validation.check_positive("checkpoint_keep", config.checkpoint_keep),
         lambda: validation.check_positive("train.learning_rate", config.train.learning_rate),
         lambda: validation.check_positive(
             "train.finetune_learning_rate", config.train.finetune_learning_rate
@@ -121,6 +138,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             "train.partial_epochs", config.train.partial_epochs, strict=False
         ),
     ]
+    if config.query.strategy == "iwal" and (
+        config.query.diversify != "none" or config.query.medial_lambda is not None
+    ):
+        checks.append(
+            _raise(
+                "query.strategy='iwal' streams the pool by its own query probabilities and takes "
+                "no class allocation; set --config.query.diversify=none"
+            )
+        )
     if config.query.medial_lambda is not None:
         checks.append(
             lambda: validation.check_in_range(
@@ -134,9 +160,32 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(str(error)) from None
 
 
-# Strategies the loop can drive: every registered acquisition (qbc with a committee of
-# query.committee_size networks trained beside the main one).
-LOOP_STRATEGIES = tuple(acquisition.ACQUISITIONS)
+def _raise(message: str) -> Callable[[], None]:
+    def fail() -> None:
+        raise ValueError(message)
+
+    return fail
+
+
+def check_known_fields(config: ml_collections.ConfigDict) -> None:
+    """Raise a :class:`ConfigError` for a field that the shared defaults do not have.
+
+    A config file that sets ``config.query.stratgy`` (a typo) would otherwise run the
+    default strategy silently.
+    """
+    from configs import base
+
+    def walk(node: Any, reference: Any, prefix: str) -> None:
+        for name in node.keys():
+            path = f"{prefix}{name}"
+            if name not in reference:
+                raise ConfigError(
+                    f"config field {path!r} is not known; see configs/base.py for the fields"
+                )
+            if isinstance(node[name], ml_collections.ConfigDict):
+                walk(node[name], reference[name], f"{path}.")
+
+    walk(config, base.get_config(), "")
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,6 +222,7 @@ class Experiment:
 
 def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     """Load the data, cut the shifted splits and build the model (no training yet)."""
+    check_known_fields(config)
     check_config(config)
     options = {k: v for k, v in config.dataset.items() if k != "name"}
     dataset = data.load_dataset(config.dataset.name, **options)
@@ -202,7 +252,14 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
 
     q = config.query
     pool_size = int(np.sum(np.asarray(pool_state.pool)))
+    buyable = int(np.sum(np.asarray(pool.unlabeled_pool(pool_state))))
     budget = int(q.sample_prop * pool_size / q.num_batches)
+    if budget * q.num_batches > buyable:
+        raise ConfigError(
+            f"query.sample_prop={q.sample_prop} asks for {budget * q.num_batches} labels but "
+            f"only {buyable} pool rows are unlabeled (shift.initial_prop labels the rest); "
+            "lower one of them"
+        )
     if budget < 1:
         raise ConfigError(
             f"query.sample_prop={q.sample_prop} buys no label per round from a pool of "
@@ -230,6 +287,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
         weight_decay=t.weight_decay,
     )
     h0_key = {
+        "version": alsa_jax.__version__,
         "seed": config.seed,
         "dataset": config.dataset.to_dict(),
         "shift": config.shift.to_dict(),
@@ -424,10 +482,6 @@ def query_round(
                 for i in range(q.committee_size)
             ]
         )
-        if correct:
-            mc_probs = jax.vmap(label_shift.posterior_correction, in_axes=(0, None))(
-                mc_probs, state.weights
-            )
     elif q.strategy in acquisition.NEEDS_MC:
         mc_key, key = jax.random.split(key)
         mc_probs = train.mc_dropout_probs(
@@ -438,10 +492,8 @@ def query_round(
             num_samples=q.mc_samples,
             batch_size=exp.config.train.eval_batch_size,
         )
-        if correct:
-            mc_probs = jax.vmap(label_shift.posterior_correction, in_axes=(0, None))(
-                mc_probs, state.weights
-            )
+    if correct and mc_probs is not None:  # every pass / member: [s, n, k]
+        mc_probs = label_shift.posterior_correction(mc_probs, state.weights)
     return malls.query(
         key,
         probs,
@@ -566,7 +618,19 @@ def run_round(
     chosen, query_weight = timer.phase(
         "selection", lambda: query_round(exp, state, source_probs, query_key)
     )
-    state = state.replace(round=jnp.int32(r), pool=pool.reveal(state.pool, chosen, r, query_weight))
+    revealed = pool.reveal(state.pool, chosen, r, query_weight)
+    ls = config.label_shift
+    if ls.estimator != "none" and ls.reweight_all_labeled:
+        # w = Q/P_train: the training rows just changed, and their labels are known.
+        dist = lambda p: pool.label_distribution(
+            exp.source_y,
+            pool.training_mask(p),  # noqa: E731
+            exp.num_classes,
+        )
+        state = state.replace(
+            weights=malls.rebase_weights(state.weights, dist(state.pool), dist(revealed))
+        )
+    state = state.replace(round=jnp.int32(r), pool=revealed)
     state = state.replace(
         train=timer.phase(
             "finetune",
@@ -604,7 +668,12 @@ def run(
     except ValueError as error:  # bad config values surface as one line, before any write
         raise ConfigError(str(error)) from None
     config_dict = config.to_dict()
-    checkpoint.claim_workdir(workdir, config_dict)
+    try:
+        checkpoint.claim_workdir(workdir, config_dict)
+    except checkpoint.ExperimentMismatchError:
+        raise
+    except OSError as error:  # e.g. --workdir names a file
+        raise ConfigError(f"--workdir={workdir} cannot hold a run: {error.strerror}") from None
     manager = checkpoint.RoundCheckpointer(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint_keep
     )
@@ -613,6 +682,8 @@ def run(
     latest = manager.latest_round()
     if latest is not None:
         state, history = manager.restore(latest, state)
+        # A run killed between its checkpoint and its results files left them one behind.
+        results_log.write_results(workdir, config_dict, history)
         say(f"resuming {workdir} after round {latest}")
     else:
         history = []

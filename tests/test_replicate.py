@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alsa_jax import label_shift, pool, selection, train
+from alsa_jax import acquisition, label_shift, pool, selection, train
 from configs import digits
 from launch import replicate
 
@@ -127,11 +127,18 @@ def test_resume_after_sigkill_matches_uninterrupted(reference_run, tmp_path):
     assert comparable(resumed) == comparable(reference)
 
 
-def test_h0_cache_hit_skips_training(reference_run, tmp_path):
+def test_h0_cache_hit_skips_training(reference_run, tmp_path, monkeypatch):
     _, reference = reference_run
     cache = str(tmp_path / "cache")
     first = replicate.run(small_config(h0_cache_dir=cache), str(tmp_path / "a"), verbose=False)
     assert first[0]["h0_cache_hit"] is False and first[0]["seconds_h0"] > 0
+    real_finetune = replicate.finetune
+
+    def no_h0_training(exp, state, key, *, epochs, initial, committee=False):
+        assert not initial, "h0 was trained despite the cache"
+        return real_finetune(exp, state, key, epochs=epochs, initial=initial, committee=committee)
+
+    monkeypatch.setattr(replicate, "finetune", no_h0_training)
     second = replicate.run(small_config(h0_cache_dir=cache), str(tmp_path / "b"), verbose=False)
     assert second[0]["h0_cache_hit"] is True and second[0]["seconds_h0"] == 0.0
     assert comparable(second) == comparable(first) == comparable(reference)
@@ -152,7 +159,7 @@ def built(tmp_path_factory):
 @pytest.mark.parametrize("estimator", ["none", "bbse", "rlls", "oracle"])
 def test_every_strategy_diversify_correction_runs_a_round(built, estimator):
     exp, state = built
-    strategies = replicate.LOOP_STRATEGIES
+    strategies = tuple(acquisition.ACQUISITIONS)
     assert "qbc" in strategies and "iwal" in strategies and "bald_vote" in strategies
     committee_size = 3
     committee_step = train.make_ensemble_train_step(exp.model, exp.tx, committee_size)
@@ -168,6 +175,11 @@ def test_every_strategy_diversify_correction_runs_a_round(built, estimator):
                 "train.partial_epochs": 1,
             }
         )
+        if strategy == "iwal" and diversify != "none":
+            with pytest.raises(replicate.ConfigError, match="query.diversify"):
+                replicate.check_config(config)
+            continue
+        replicate.check_config(config)
         qbc = strategy == "qbc"
         combo = replicate.Experiment(
             **{
@@ -217,7 +229,21 @@ def test_bad_config_value_is_one_line(tmp_path):
         replicate.run(small_config(**{"query.strategy": "maxentt"}), str(tmp_path / "x"))
     with pytest.raises(replicate.ConfigError, match="label_shift.estimator"):
         replicate.run(small_config(**{"label_shift.estimator": "em"}), str(tmp_path / "x"))
+    typo = small_config()
+    with typo.unlocked():
+        typo.query.stratgy = "margin"
+    with pytest.raises(replicate.ConfigError, match="query.stratgy"):
+        replicate.run(typo, str(tmp_path / "x"))
+    with pytest.raises(replicate.ConfigError, match="query.diversify"):
+        replicate.run(small_config(**{"query.strategy": "iwal"}), str(tmp_path / "x"))
+    with pytest.raises(replicate.ConfigError, match="checkpoint_keep"):
+        replicate.run(small_config(checkpoint_keep=0), str(tmp_path / "x"))
+    with pytest.raises(replicate.ConfigError, match="shift.alpha"):
+        replicate.run(small_config(**{"shift.alpha": float("nan")}), str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()  # nothing written
+    (tmp_path / "file").write_text("")
+    with pytest.raises(replicate.ConfigError, match="--workdir"):
+        replicate.run(small_config(), str(tmp_path / "file"))
 
 
 def test_workdir_of_another_experiment_is_refused(reference_run):

@@ -310,3 +310,22 @@ def test_bad_labels_raise():
         shift.dirichlet_distribution(KEY, K, -1.0)
     with pytest.raises(ValueError, match="size"):
         shift.class_counts(jnp.ones(3) / 3, 0)
+
+
+def test_resampled_split_order_does_not_reveal_labels():
+    labels = np.repeat(np.arange(10), 50)
+    splits = shift.make_splits(
+        jax.random.PRNGKey(0),
+        labels,
+        labels,
+        num_classes=10,
+        strategy="none",
+        dataset_cap=400,
+        warmstart_ratio=1.0,
+    )
+    for split in (splits.warm, splits.pool, splits.test):
+        valid = np.asarray(split.valid)
+        assert valid[: valid.sum()].all()  # the valid slots stay a prefix
+        rows = labels[np.asarray(split.indices)[valid]]
+        # Grouped by class, the first 40 rows would hold 2 classes; shuffled, nearly all 10.
+        assert len(np.unique(rows[:40])) >= 8
