@@ -24,6 +24,14 @@ def _check(probs: jax.Array, labels: jax.Array) -> None:
     validation.check_rank("probs", probs, 2)
     validation.check_rank("labels", labels, 1)
     validation.check_same_leading(("probs", "labels"), probs, labels)
+    validation.check_distribution("probs", probs)
+    if validation.is_concrete(labels) and labels.size:
+        low, high = int(jnp.min(labels)), int(jnp.max(labels))
+        if low < 0 or high >= probs.shape[-1]:
+            raise ValueError(
+                f"labels must lie in [0, {probs.shape[-1] - 1}] (one per column of probs), "
+                f"got values in [{low}, {high}]"
+            )
 
 
 def count_confusion(
@@ -62,8 +70,9 @@ def classification_metrics(
     - ``accuracy`` = trace(M) / sum(M); ``top5_accuracy`` (top-min(5, k));
     - ``per_class_accuracy[i]`` = M[i, i] / s_i (recall; 0 for a class absent from the rows);
     - ``average_class_accuracy`` = mean of per-class accuracy over classes present (s_i > 0);
-    - ``f1_macro`` = mean over present classes of 2 M[i,i] / (s_i + t_i);
-      ``f1_weighted`` weights that by s_i; ``f1_micro`` equals accuracy for single-label data.
+    - ``f1_macro`` = mean of 2 M[i,i] / (s_i + t_i) over the classes that occur in the
+      labels or the predictions (as scikit-learn's macro average); ``f1_weighted`` weights
+      F1 by s_i; ``f1_micro`` equals accuracy for single-label data.
 
     Returns a dict of scalars, plus ``per_class_accuracy`` [k].
     """
@@ -83,7 +92,7 @@ def classification_metrics(
         "accuracy": accuracy,
         "top5_accuracy": top_k_accuracy(probs, labels, mask, top_k=min(5, k)),
         "average_class_accuracy": jnp.sum(per_class) / n_present,
-        "f1_macro": jnp.sum(jnp.where(present, f1, 0.0)) / n_present,
+        "f1_macro": jnp.sum(jnp.where(denom > 0, f1, 0.0)) / jnp.maximum(jnp.sum(denom > 0), 1),
         "f1_micro": accuracy,
         "f1_weighted": jnp.sum(f1 * support) / total,
         "per_class_accuracy": per_class,

@@ -74,11 +74,14 @@ def test_random_scores_are_uniform_and_keyed():
 
 
 def test_registry_shares_one_signature_and_runs_under_jit():
-    mc = jnp.tile(PROBS[None], (4, 1, 1))
+    # Passes that disagree, so the MC scores are not constant.
+    mc = jax.nn.softmax(3.0 * jax.random.normal(jax.random.PRNGKey(7), (4, 3, PROBS.shape[1])))
     for name, fn in acquisition.ACQUISITIONS.items():
         eager = fn(KEY, PROBS, mc)
         jitted = jax.jit(fn)(KEY, PROBS, mc)
         assert eager.shape == (3,), name
+        if name in acquisition.NEEDS_MC:
+            assert float(jnp.ptp(eager)) > 1e-3, name  # rows score differently
         np.testing.assert_allclose(eager, jitted, rtol=1e-6, atol=1e-7, err_msg=name)
         np.testing.assert_allclose(
             acquisition.score(name, KEY, PROBS, mc), eager, rtol=1e-6, atol=1e-7

@@ -25,6 +25,20 @@ def test_classification_metrics_by_hand():
         assert float(out[f"f1_{average}"]) == pytest.approx(expected, rel=1e-6)
 
 
+def test_macro_f1_counts_predicted_only_classes_like_sklearn():
+    labels = np.array([0, 0, 1, 1])
+    pred = np.array([0, 2, 1, 1])  # class 2 predicted, never true
+    out = metrics.classification_metrics(jnp.asarray(_onehot_probs(pred, 3)), jnp.asarray(labels))
+    assert float(out["f1_macro"]) == pytest.approx(f1_score(labels, pred, average="macro"))
+
+
+def test_bad_probabilities_and_labels_name_the_argument():
+    with pytest.raises(ValueError, match="probs"):
+        metrics.classification_metrics(jnp.ones((2, 3)), jnp.array([0, 1]))
+    with pytest.raises(ValueError, match="labels"):
+        metrics.classification_metrics(jnp.ones((2, 3)) / 3, jnp.array([0, 3]))
+
+
 def test_mask_drops_rows_and_absent_classes():
     labels = jnp.array([0, 1, 2, 2])
     probs = jnp.asarray(_onehot_probs(np.array([0, 0, 2, 2]), 3))

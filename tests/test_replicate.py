@@ -306,3 +306,31 @@ def test_eight_devices_match_one_device(reference_run, tmp_path):
     for got, want in zip(sharded, expected, strict=True):
         for name, value in want.items():
             np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_every_correction_flag_combination_runs_a_round(built):
+    exp, state = built
+    state = state.replace(weights=jnp.linspace(0.5, 2.0, 10))
+    flags = (
+        "importance_weighting",
+        "reweight_all_labeled",
+        "posterior_correction_scoring",
+        "posterior_correction_eval",
+        "iterative",
+    )
+    accuracies = set()
+    for values in itertools.product((False, True), repeat=len(flags)):
+        overrides = {
+            f"label_shift.{flag}": value for flag, value in zip(flags, values, strict=True)
+        }
+        config = small_config(**overrides)
+        replicate.check_config(config)
+        combo = replicate.Experiment(**{**exp.__dict__, "config": config})
+        new_state, record = replicate.run_round(combo, state, 1)
+        assert record["labels_bought"] == exp.budget, overrides
+        weights = np.asarray(new_state.weights)
+        assert np.all(np.isfinite(weights)) and np.all(weights >= 0), overrides
+        if not config.label_shift.iterative and not config.label_shift.reweight_all_labeled:
+            np.testing.assert_allclose(weights, np.asarray(state.weights), rtol=1e-6)
+        accuracies.add(round(record["accuracy"], 6))
+    assert len(accuracies) > 1  # the flags change what is trained and evaluated
