@@ -52,16 +52,6 @@ def check_batch_size(name: str, batch_size: int) -> None:
         )
 
 
-def shard_batch(tree: Any) -> Any:
-    """Place every leaf split over ``"data"`` along its leading (batch) dimension.
-
-    Identity on one device.
-    """
-    if not is_parallel():
-        return tree
-    return jax.device_put(tree, batch_sharding())
-
-
 def replicate(tree: Any) -> Any:
     """Place a full copy of every leaf on each device; identity on one device."""
     if not is_parallel():
