@@ -381,8 +381,10 @@ def _solve_rlls(
     start = jnp.where(jnp.all(jnp.isfinite(start)), start, jnp.zeros_like(start))
 
     def body(state):
-        it, theta, f, _, factor, inv_sqrt, free_prev, kkt_prev, nfact, alpha_factored = state
-        g, g_fit, rho, tau = gradient(theta)
+        it, theta, f, _, factor, inv_sqrt, free_prev, kkt_prev, nfact, alpha_factored = state[:10]
+        # The gradient at theta comes with the state: the line search that accepted theta
+        # has already computed it.
+        g, g_fit, rho, tau = state[10]
         kkt = kkt_norm(theta, g)
         alpha = reg * rho / tau
         unit = theta / tau
@@ -413,28 +415,40 @@ def _solve_rlls(
         rhs = jnp.concatenate([jnp.where(free, -rho * g, 0.0)[:, None], low_rank], axis=1)
         solved = _jacobi_solve(factor, inv_sqrt[:, None], rhs)
         capacitance = jnp.eye(2, dtype=dtype) - low_rank.T @ solved[:, 1:]
-        correction = jnp.linalg.solve(capacitance, low_rank.T @ solved[:, 0])
+        # The 2 x 2 capacitance system by Cramer's rule (no LAPACK call per iteration).
+        cap_rhs = low_rank.T @ solved[:, 0]
+        det = capacitance[0, 0] * capacitance[1, 1] - capacitance[0, 1] * capacitance[1, 0]
+        correction = (
+            jnp.stack(
+                [
+                    capacitance[1, 1] * cap_rhs[0] - capacitance[0, 1] * cap_rhs[1],
+                    capacitance[0, 0] * cap_rhs[1] - capacitance[1, 0] * cap_rhs[0],
+                ]
+            )
+            / det
+        )
         step = solved[:, 0] + solved[:, 1:] @ correction
         step = jnp.where(jnp.all(jnp.isfinite(step)), step, -coordinate_step)
         step = jnp.where(free, step, -1.0 - theta)
 
         def search_cond(s):
-            _, j, _, _, ok = s
+            _, j, _, _, ok, _ = s
             return ~ok & (j < max_backtracks)
 
         def search_body(s):
-            t, j, _, _, _ = s
+            t, j, _, _, _, _ = s
             trial = jnp.maximum(theta + t * step, -1.0)
             f_trial = objective(trial)
             armijo = f_trial <= f + 1e-4 * jnp.dot(g, trial - theta)
             # Near the optimum f changes below float32 resolution; there a step that
             # keeps f within rounding and shrinks the projected gradient is progress.
             level = f_trial <= f + 16 * jnp.finfo(dtype).eps * jnp.abs(f)
-            closer = kkt_norm(trial, gradient(trial)[0]) < kkt
-            return t * 0.5, j + 1, trial, f_trial, armijo | (level & closer)
+            grad_trial = gradient(trial)
+            closer = kkt_norm(trial, grad_trial[0]) < kkt
+            return t * 0.5, j + 1, trial, f_trial, armijo | (level & closer), grad_trial
 
-        init = (jnp.asarray(1.0, dtype), 0, theta, f, jnp.asarray(False))
-        _, j, trial, f_trial, ok = jax.lax.while_loop(search_cond, search_body, init)
+        init = (jnp.asarray(1.0, dtype), 0, theta, f, jnp.asarray(False), (g, g_fit, rho, tau))
+        _, j, trial, f_trial, ok, grad_trial = jax.lax.while_loop(search_cond, search_body, init)
 
         # Far from the optimum, where the residual is small, the Newton model is too
         # curved and the full step too short: while it keeps decreasing f, double it.
@@ -458,6 +472,16 @@ def _solve_rlls(
         expand = ok & (j == 1) & (f_trial < f - 0.05 * jnp.abs(f))
         init = (jnp.asarray(2.0, dtype), 0, trial, f_trial, expand)
         _, _, trial, f_trial, _ = jax.lax.while_loop(expand_cond, expand_body, init)
+        # After a doubling attempt the gradient at the new point is computed afresh;
+        # otherwise the new point is the search's last trial (ok) or theta (not ok), whose
+        # gradients are at hand.
+        new_grad = jax.lax.cond(
+            expand,
+            lambda: gradient(trial),
+            lambda: jax.tree.map(
+                lambda new, old: jnp.where(ok, new, old), grad_trial, (g, g_fit, rho, tau)
+            ),
+        )
 
         new_theta = jnp.where(ok, trial, theta)
         newton_size = jnp.max(jnp.where(free, jnp.abs(step), 0.0))
@@ -473,6 +497,7 @@ def _solve_rlls(
             kkt,
             nfact + refactor,
             alpha_factored,
+            new_grad,
         )
 
     def cond(state):
@@ -490,8 +515,9 @@ def _solve_rlls(
         jnp.asarray(jnp.inf, dtype),
         jnp.asarray(0, jnp.int32),
         jnp.asarray(0.0, dtype),
+        gradient(start),
     )
-    it, theta, _, _, _, _, _, _, factorizations, _ = jax.lax.while_loop(cond, body, state)
+    it, theta, _, _, _, _, _, _, factorizations, _, _ = jax.lax.while_loop(cond, body, state)
     theta = jnp.where(closed, closed_theta, theta)
     kkt = jnp.where(closed, 0.0, jnp.max(jnp.abs(_projected_gradient(theta, gradient(theta)[0]))))
     return RllsSolution(
