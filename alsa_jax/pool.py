@@ -9,14 +9,12 @@ function from one state to the next.
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from alsa_jax import validation
+from alsa_jax import label_shift, validation
 from alsa_jax.shift import Splits
 
 
@@ -156,32 +154,12 @@ def training_mask(state: PoolState) -> jax.Array:
     return state.labeled & ~state.holdout
 
 
-@partial(jax.jit, static_argnames=("num_classes",))
-def _label_distribution(labels: jax.Array, mask: jax.Array, num_classes: int) -> jax.Array:
-    counts = (
-        jnp.zeros(num_classes, jnp.float32).at[labels].add(mask.astype(jnp.float32), mode="drop")
-    )
-    total = jnp.sum(counts)
-    return jnp.where(total > 0, counts / jnp.maximum(total, 1.0), 0.0)
-
-
 def label_distribution(labels: jax.Array, mask: jax.Array, num_classes: int) -> jax.Array:
     """Empirical class proportions of the masked rows: float32 [k].
 
     P_hat(y = c) = sum_i mask_i [labels_i = c] / sum_i mask_i over ``labels`` int [n],
-    ``mask`` bool [n]; all zeros when the mask is empty. Labels outside [0, k) raise
-    ``ValueError`` when concrete and are dropped under ``jax.jit``.
+    ``mask`` bool [n]; all zeros when the mask is empty. The same as
+    :func:`alsa_jax.label_shift.label_distribution` with the mask in the pool's order.
     """
-    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a Python int >= 1 (static), got {num_classes!r}")
-    validation.check_rank("labels", labels, 1)
     validation.check_shape("mask", mask, (np.shape(labels)[0],))
-    if validation.is_concrete(labels):
-        arr = np.asarray(labels)
-        if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-            raise ValueError(
-                f"labels must lie in [0, {num_classes - 1}], got {arr.min()}..{arr.max()}"
-            )
-    return _label_distribution(
-        jnp.asarray(labels, jnp.int32), jnp.asarray(mask, bool), int(num_classes)
-    )
+    return label_shift.label_distribution(labels, num_classes, mask)
