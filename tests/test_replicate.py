@@ -115,13 +115,23 @@ def test_resume_after_sigkill_matches_uninterrupted(reference_run, tmp_path):
         "--config.train.batch_size=32",
         f"--config.h0_cache_dir={tmp_path / 'cache'}",
     ]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (workdir / "checkpoints" / "1").exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (workdir / "checkpoints" / "1").exists(), proc.stderr.read().decode()[-2000:]
+
+    def kill_when(ready, *, delay=0.0):
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while time.time() < deadline and not ready() and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert ready(), proc.stderr.read().decode()[-2000:]
+
+    # 1. Mid-h0: the workdir is claimed, nothing trained or checkpointed yet.
+    kill_when(lambda: (workdir / "experiment.json").exists())
+    assert not (workdir / "checkpoints" / "0").exists()
+    # 2. Right after round 1's checkpoint; 3. a moment into round 3 (or its save).
+    kill_when(lambda: (workdir / "checkpoints" / "1").exists())
+    kill_when(lambda: (workdir / "checkpoints" / "2").exists(), delay=0.1)
     config = small_config(h0_cache_dir=str(tmp_path / "cache"))
     resumed = replicate.run(config, str(workdir), verbose=False)
     assert comparable(resumed) == comparable(reference)
