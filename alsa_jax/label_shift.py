@@ -45,15 +45,7 @@ def _check_probs(name: str, probs: jax.Array) -> None:
 
 def _check_labels(name: str, labels: jax.Array, n: int, num_classes: int) -> None:
     validation.check_shape(name, labels, (n,))
-    if not jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
-        raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
-    if validation.is_concrete(labels) and np.size(labels):
-        values = np.asarray(labels)
-        if values.min() < 0 or values.max() >= num_classes:
-            raise ValueError(
-                f"{name} must lie in [0, {num_classes}), got values in "
-                f"[{values.min()}, {values.max()}]"
-            )
+    validation.check_labels(name, labels, num_classes)
 
 
 def _row_weights(mask: jax.Array | None, n: int, dtype: jnp.dtype) -> jax.Array:

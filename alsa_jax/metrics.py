@@ -25,13 +25,7 @@ def _check(probs: jax.Array, labels: jax.Array) -> None:
     validation.check_rank("labels", labels, 1)
     validation.check_same_leading(("probs", "labels"), probs, labels)
     validation.check_distribution("probs", probs)
-    if validation.is_concrete(labels) and labels.size:
-        low, high = int(jnp.min(labels)), int(jnp.max(labels))
-        if low < 0 or high >= probs.shape[-1]:
-            raise ValueError(
-                f"labels must lie in [0, {probs.shape[-1] - 1}] (one per column of probs), "
-                f"got values in [{low}, {high}]"
-            )
+    validation.check_labels("labels", labels, probs.shape[-1])  # one class per column
 
 
 def count_confusion(

@@ -233,15 +233,7 @@ def diversified_top_k(
     validation.check_same_leading(("scores", "predicted_labels"), scores, predicted_labels)
     validation.check_rank("weights", weights, 1)
     k = weights.shape[0]
-    if validation.is_concrete(predicted_labels):
-        labels_np = np.asarray(predicted_labels)
-        if not np.issubdtype(labels_np.dtype, np.integer):
-            raise ValueError(f"predicted_labels must be integers, got dtype {labels_np.dtype}")
-        if labels_np.size and (labels_np.min() < 0 or labels_np.max() >= k):
-            raise ValueError(
-                f"predicted_labels must lie in [0, {k}) (k = len(weights)), "
-                f"got values in [{labels_np.min()}, {labels_np.max()}]"
-            )
+    validation.check_labels("predicted_labels", predicted_labels, k)  # k = len(weights)
     _check_medial_lambda(medial_lambda)
     return _diversified_top_k(scores, available, predicted_labels, weights, budget, medial_lambda)
 

@@ -143,16 +143,6 @@ def _resample_core(
     return indices, valid
 
 
-def _check_labels(name: str, labels: Any, num_classes: int) -> None:
-    validation.check_rank(name, labels, 1)
-    if not validation.is_concrete(labels):
-        return
-    arr = np.asarray(labels)
-    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-        bad = arr[(arr < 0) | (arr >= num_classes)][0]
-        raise ValueError(f"{name} must lie in [0, {num_classes - 1}], found label {bad}")
-
-
 def resample_per_class(
     key: jax.Array,
     labels: jax.Array,
@@ -181,7 +171,7 @@ def resample_per_class(
     """
     _check_num_classes(num_classes)
     _check_size("size", size)
-    _check_labels("labels", labels, num_classes)
+    validation.check_labels("labels", labels, num_classes)
     validation.check_shape("candidates", candidates, (np.shape(labels)[0],))
     validation.check_shape("p", p, (num_classes,))
     validation.check_distribution("p", p)
@@ -454,8 +444,8 @@ def make_splits(
         alphas = tuple(float(a) for a in alpha_triple)
         validation.check_positive("alpha_triple", np.asarray(alphas))
 
-    _check_labels("train_labels", train_labels, num_classes)
-    _check_labels("test_labels", test_labels, num_classes)
+    validation.check_labels("train_labels", train_labels, num_classes)
+    validation.check_labels("test_labels", test_labels, num_classes)
     train_y = np.asarray(train_labels, dtype=np.int32)
     test_y = np.asarray(test_labels, dtype=np.int32)
 

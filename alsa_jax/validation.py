@@ -57,6 +57,24 @@ def check_same_leading(names: Sequence[str], *arrays: Any) -> None:
         raise ValueError(f"{', '.join(names)} must have the same length, got {pairs}")
 
 
+def check_labels(name: str, labels: Any, num_classes: int) -> None:
+    """Raise unless ``labels`` is a rank-1 integer array with values in [0, num_classes).
+
+    The range is checked on concrete arrays only (a tracer's values are unknown).
+    """
+    check_rank(name, labels, 1)
+    dtype = getattr(labels, "dtype", None) or np.asarray(labels).dtype
+    if not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"{name} must hold integer class indices, got dtype {dtype}")
+    if is_concrete(labels) and np.size(labels):
+        values = np.asarray(labels)
+        low, high = values.min(), values.max()
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"{name} must lie in [0, {num_classes}), got values in [{low}, {high}]"
+            )
+
+
 def check_positive(name: str, value: Any, *, strict: bool = True) -> None:
     """Raise unless every entry of a concrete ``value`` is > 0 (>= 0 if not strict)."""
     if not is_concrete(value):
