@@ -363,9 +363,10 @@ def predict(exp: Experiment, state: train.TrainState, x: jax.Array) -> jax.Array
     )
 
 
-def estimate(exp: Experiment, state: malls.RoundState, source_probs: jax.Array) -> jax.Array:
+def estimate(exp: Experiment, state: malls.RoundState) -> jax.Array:
     """Re-estimate w from fresh predictions on the labeled source and the target sample."""
     ls = exp.config.label_shift
+    source_probs = predict(exp, state.train, exp.source_x)
     if ls.correct_confusion_predictions:  # the original's posterior-corrected confusion
         source_probs = label_shift.posterior_correction(source_probs, state.weights)
     target_probs = predict(exp, state.train, exp.target_x)
@@ -641,10 +642,7 @@ def run_round(
     )
     state = train_committee(exp, state, timer, fit_key, initial=False)
     if config.label_shift.iterative:
-        source_probs = predict(exp, state.train, exp.source_x)
-        state = state.replace(
-            weights=timer.phase("estimation", lambda: estimate(exp, state, source_probs))
-        )
+        state = state.replace(weights=timer.phase("estimation", lambda: estimate(exp, state)))
     record = {"round": r, **timer.phase("evaluation", lambda: evaluate(exp, state))}
     record.update(timer.seconds, compilations=_Timer.compilations - before)
     return state, record
@@ -714,10 +712,7 @@ def run(
         if state.committee is not None:
             say(f"committee: training {config.query.committee_size} networks")
         state = train_committee(exp, state, timer, h0_key, initial=True)
-        source_probs = predict(exp, state.train, exp.source_x)
-        state = state.replace(
-            weights=timer.phase("estimation", lambda: estimate(exp, state, source_probs))
-        )
+        state = state.replace(weights=timer.phase("estimation", lambda: estimate(exp, state)))
         record = {"round": 0, **timer.phase("evaluation", lambda: evaluate(exp, state))}
         record.update(
             timer.seconds,
