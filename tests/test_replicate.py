@@ -21,25 +21,44 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("seconds_", "compilations", "h0_cache_hit")
 
 
+# The small experiment of these tests, as config overrides of configs/digits.py.
+SMALL = {
+    "model.name": "mlp",
+    "shift.dataset_cap": 300,
+    "query.num_batches": 3,
+    "query.sample_prop": 0.3,
+    "query.mc_samples": 4,
+    "query.committee_size": 3,
+    "train.initial_epochs": 10,
+    "train.learning_rate": 1e-2,
+    "train.partial_epochs": 1,
+    "train.batch_size": 32,
+}
+
+
 def small_config(**overrides):
     config = digits.get_config()
-    config.model.name = "mlp"
-    config.shift.dataset_cap = 300
-    config.query.num_batches = 3
-    config.query.sample_prop = 0.3
-    config.query.mc_samples = 4
-    config.query.committee_size = 3
-    config.train.initial_epochs = 10
-    config.train.learning_rate = 1e-2
-    config.train.partial_epochs = 1
-    config.train.batch_size = 32
-    for dotted, value in overrides.items():
+    for dotted, value in {**SMALL, **overrides}.items():
         node = config
         *parents, leaf = dotted.split(".")
         for name in parents:
             node = node[name]
         node[leaf] = value
     return config
+
+
+def cli(workdir, *extra):
+    """The replicate command line for ``workdir``: configs/digits.py plus ``extra`` flags."""
+    return [
+        sys.executable,
+        "-m",
+        "launch.replicate",
+        "--config",
+        "configs/digits.py",
+        "--workdir",
+        str(workdir),
+        *extra,
+    ]
 
 
 def comparable(history):
@@ -95,26 +114,11 @@ def test_resume_after_exception_matches_uninterrupted(reference_run, tmp_path, m
 def test_resume_after_sigkill_matches_uninterrupted(reference_run, tmp_path):
     _, reference = reference_run
     workdir = tmp_path / "killed"
-    args = [
-        sys.executable,
-        "-m",
-        "launch.replicate",
-        "--config",
-        "configs/digits.py",
-        "--workdir",
-        str(workdir),
-        "--config.model.name=mlp",
-        "--config.shift.dataset_cap=300",
-        "--config.query.num_batches=3",
-        "--config.query.sample_prop=0.3",
-        "--config.query.mc_samples=4",
-        "--config.query.committee_size=3",
-        "--config.train.initial_epochs=10",
-        "--config.train.learning_rate=0.01",
-        "--config.train.partial_epochs=1",
-        "--config.train.batch_size=32",
+    args = cli(
+        workdir,
+        *(f"--config.{name}={value}" for name, value in SMALL.items()),
         f"--config.h0_cache_dir={tmp_path / 'cache'}",
-    ]
+    )
 
     def kill_when(ready, *, delay=0.0):
         proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -272,16 +276,7 @@ def test_workdir_of_another_experiment_is_refused(reference_run):
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, extra, message):
-    args = [
-        sys.executable,
-        "-m",
-        "launch.replicate",
-        "--config",
-        "configs/digits.py",
-        "--workdir",
-        str(tmp_path / "w"),
-        *extra,
-    ]
+    args = cli(tmp_path / "w", *extra)
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
