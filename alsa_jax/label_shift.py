@@ -750,6 +750,52 @@ def posterior_correction(probs: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.where(defined, weighted / jnp.where(defined, total, 1.0), probs)
 
 
+def rebase_weights(
+    weights: jax.Array,
+    *,
+    from_dist: jax.Array,
+    to_dist: jax.Array,
+    lam: float | jax.Array = 1.0,
+) -> jax.Array:
+    """An estimate Q/P_from re-expressed against another labeled set, then mixed: [k].
+
+    An estimator returns w(y) = Q(y)/P_from(y) relative to the labeled sample it saw (the
+    held-out confusion sample, say). Since the label distributions of that sample and of
+    the set the weights are for (the training rows, the pool) are known, the rebasing is
+    exact, and only then are the weights shrunk towards one:
+
+        w_to(y) = (1 - lam) + lam * w(y) * P_from(y) / P_to(y).
+
+    A class absent from the estimate's sample (P_from(y) = 0) is not identified and gets
+    the neutral 1; where P_to(y) = 0 (no row of the class to weigh) w(y) is kept. With
+    ``from_dist`` all zeros (no estimate, the "none" estimator) every weight is 1. This is
+    the one function that turns a raw estimate into the weights of a labeled set, used
+    after every estimate and after every change of the labeled set.
+
+    Args:
+      weights: w, [k] the raw estimate Q/P_from.
+      from_dist: P_from, [k] label distribution of the sample the estimate is relative to.
+      to_dist: P_to, [k] label distribution of the set the weights are for.
+      lam: mixing weight in [0, 1].
+    """
+    validation.check_rank("weights", weights, 1)
+    k = np.shape(weights)[0]
+    validation.check_shape("from_dist", from_dist, (k,))
+    validation.check_shape("to_dist", to_dist, (k,))
+    validation.check_in_range("lam", lam, 0.0, 1.0)
+    return _rebase_weights(_float(weights), _float(from_dist), _float(to_dist), lam)
+
+
+@jax.jit
+def _rebase_weights(
+    weights: jax.Array, from_dist: jax.Array, to_dist: jax.Array, lam: jax.Array
+) -> jax.Array:
+    identified = from_dist > 0
+    present = to_dist > 0
+    rebased = jnp.where(present, weights * from_dist / jnp.where(present, to_dist, 1.0), weights)
+    return (1.0 - lam) + lam * jnp.where(identified, rebased, 1.0)
+
+
 def weight_errors(w_est: jax.Array, w_true: jax.Array) -> dict[str, jax.Array]:
     """Errors of a weight estimate: {"l2": ||w_est - w_true||_2, "mse": mean (w_est - w_true)^2,
     "max_abs": max |w_est - w_true|}, each a scalar; w_est, w_true: [k]."""

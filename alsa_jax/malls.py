@@ -1,9 +1,10 @@
 """One round of MALLS as pure functions over the round state.
 
 MALLS (Mediated Active Learning under Label Shift) labels pool points drawn from a
-medial label distribution N between the source P and the target Q, by spreading each
-round's budget over *predicted* classes in proportion to w(y)**lambda, and trains with
-importance weights w(y) = Q(y)/P(y) estimated by BBSE or RLLS from a confusion matrix.
+medial label distribution N between the source P and the target Q, N ~ P w^lambda, by
+spreading each round's budget over *predicted* classes, and trains with importance
+weights Q(y)/P_train(y) of the labeled set, w(y) = Q(y)/P(y) estimated by BBSE or RLLS
+from a confusion matrix.
 
 The round state (:class:`RoundState`) is an immutable pytree: the training state, the
 pool state (masks over fixed arrays), the current weight estimate and the PRNG key.
@@ -25,20 +26,43 @@ from alsa_jax.train import TrainState
 
 
 @struct.dataclass
+class WeightEstimate:
+    """A raw importance-weight estimate and the labeled sample it is relative to.
+
+    ``weights`` [k]: w_s(y) = Q(y)/P_s(y) as the estimator returned it (BBSE and RLLS
+    relative to the confusion sample, the oracle to the training rows); ``sample_dist``
+    [k]: P_s, that sample's label distribution. The weights of any labeled set follow
+    exactly by :func:`alsa_jax.label_shift.rebase_weights`. All-zero ``sample_dist`` means
+    no estimate (the "none" estimator): every weight is 1.
+    """
+
+    weights: jax.Array
+    sample_dist: jax.Array
+
+
+def no_estimate(num_classes: int) -> WeightEstimate:
+    """The estimate of the "none" estimator: weights 1 against any labeled set."""
+    return WeightEstimate(
+        weights=jnp.ones((num_classes,), jnp.float32),
+        sample_dist=jnp.zeros((num_classes,), jnp.float32),
+    )
+
+
+@struct.dataclass
 class RoundState:
     """Everything a round needs to continue: checkpointed after every round.
 
     ``round`` int32 scalar (0 = after the initial network h0); ``key`` the loop's raw
-    PRNG key (uint32 [2]); ``train``; ``pool``; ``weights`` w [k] (the current estimate);
-    ``committee`` the query-by-committee networks stacked on a leading axis [S, ...]
-    (None unless the strategy is ``qbc``).
+    PRNG key (uint32 [2]); ``train``; ``pool``; ``estimate`` the current raw weight
+    estimate (:class:`WeightEstimate`); ``committee`` the query-by-committee networks
+    stacked on a leading axis [S, ...] (None unless the strategy is ``qbc``).
     """
 
     round: jax.Array
     key: jax.Array
     train: TrainState
     pool: PoolState
-    weights: jax.Array
+    estimate: WeightEstimate
     committee: TrainState | None = None
 
 
@@ -58,114 +82,146 @@ def source_rows(state: PoolState, *, all_labeled: bool) -> jax.Array:
     return pool.training_mask(state) if all_labeled else state.warm
 
 
+def source_distribution(
+    state: PoolState, labels: jax.Array, *, all_labeled: bool, num_classes: int
+) -> jax.Array:
+    """P_train [k]: the label distribution the training weights are relative to.
+
+    Every training row weighted by its query weight (:func:`alsa_jax.pool.training_distribution`)
+    when ``all_labeled``; else the warm start's (only warm-start rows carry w(y) then).
+    """
+    if all_labeled:
+        return pool.training_distribution(state, labels, num_classes)
+    return label_shift.label_distribution(labels, num_classes, state.warm)
+
+
+def class_weights(
+    estimate: WeightEstimate, train_dist: jax.Array, *, lam: float | jax.Array
+) -> jax.Array:
+    """The training weights w(y) = (1 - lam) + lam * Q(y)/P_train(y), [k], from the raw estimate.
+
+    One function for both paths: after an estimate and after the labeled set changed
+    (:func:`alsa_jax.label_shift.rebase_weights` rebases, then mixes).
+    """
+    return label_shift.rebase_weights(
+        estimate.weights, from_dist=estimate.sample_dist, to_dist=train_dist, lam=lam
+    )
+
+
 @partial(jax.jit, static_argnames=("method", "soft", "num_classes"))
 def estimate_weights(
     source_probs: jax.Array,
     source_labels: jax.Array,
     confusion_mask: jax.Array,
-    label_mask: jax.Array,
+    train_dist: jax.Array,
     target_probs: jax.Array,
     target_mask: jax.Array,
     target_labels: jax.Array,
     *,
     method: str,
     reg: float,
-    lam: float,
     soft: bool,
     num_classes: int,
-) -> jax.Array:
-    """Importance weights w [k] from predictions on labeled source and unlabeled target rows.
+) -> WeightEstimate:
+    """A raw weight estimate from predictions on labeled source and unlabeled target rows.
 
     C[i, j] = P_conf(pred = i, y = j) over ``confusion_mask`` rows, mu_s its row sums,
     mu_t the predicted-class distribution over ``target_mask`` rows; BBSE solves C w = mu_t,
     RLLS the regularised problem of :func:`alsa_jax.label_shift.rlls`. Both estimate
-    Q(y)/P_conf(y); since the labels of the confusion rows and of the training rows
-    (``label_mask``) are known, the estimate is rebased exactly onto the training rows
-    (:func:`rebase_weights`) and only then mixed with ``lam``:
-
-        w(y) = (1 - lam) + lam * w_conf(y) * P_conf(y) / P_train(y),
-
-    and a class absent from the confusion sample (P_conf(y) = 0, not identified) gets 1.
-
-    a factor of 1 when the confusion matrix comes from the training rows themselves (the
-    original's behaviour), and the right weights for a held-out confusion sample whose
-    class mix differs from the labeled set's. ``oracle`` uses the hidden labels
-    (``source_labels`` over ``label_mask``, ``target_labels`` over ``target_mask``);
-    ``none`` returns ones.
+    Q(y)/P_conf(y), returned with P_conf (C's column sums). ``oracle`` uses the hidden
+    labels: Q from ``target_labels`` over ``target_mask``, relative to ``train_dist``
+    (P_train). ``none`` returns :func:`no_estimate`. Turn the result into training weights
+    with :func:`class_weights`.
     """
+    if method == "none":
+        return no_estimate(num_classes)
+    target_dist = label_shift.label_distribution(target_labels, num_classes, target_mask)
+    if method == "oracle":
+        return WeightEstimate(
+            weights=label_shift.oracle_weights(train_dist, target_dist), sample_dist=train_dist
+        )
     hard = not soft
     confusion = label_shift.confusion_matrix(source_probs, source_labels, confusion_mask, hard=hard)
-    source_pred = confusion.sum(axis=1)
     target_pred = label_shift.predicted_distribution(target_probs, target_mask, hard=hard)
-    train_dist = label_shift.label_distribution(source_labels, num_classes, label_mask)
-    rebased = method in ("bbse", "rlls")
     weights = label_shift.estimate_weights(
         method,
         confusion=confusion,
-        source_pred_dist=source_pred,
+        source_pred_dist=confusion.sum(axis=1),
         target_pred_dist=target_pred,
-        source_label_dist=train_dist,
-        target_label_dist=label_shift.label_distribution(target_labels, num_classes, target_mask),
         reg=reg,
-        lam=1.0 if rebased else lam,
+        lam=1.0,
         num_classes=num_classes,
     )
-    if rebased:  # rebase the raw estimate, then shrink towards 1
-        conf_dist = confusion.sum(axis=0)
-        weights = rebase_weights(weights, conf_dist, train_dist)
-        # A class absent from the confusion sample has no column in C: its weight is not
-        # identified, so it gets the neutral 1 rather than whatever the solver left there.
-        weights = label_shift.mix_weights(jnp.where(conf_dist > 0, weights, 1.0), lam)
-    return weights
+    return WeightEstimate(weights=weights, sample_dist=confusion.sum(axis=0))
 
 
-def rebase_weights(weights: jax.Array, from_dist: jax.Array, to_dist: jax.Array) -> jax.Array:
-    """Weights Q/P_from re-expressed against another labeled set: Q/P_to, [k].
-
-    w_to(y) = w(y) * P_from(y) / P_to(y), exact because both label distributions are
-    known. Where either P_from(y) or P_to(y) is 0 the ratio says nothing about Q(y), and
-    w(y) is kept as it is.
-    """
-    both = (from_dist > 0) & (to_dist > 0)
-    return jnp.where(both, weights * from_dist / jnp.where(both, to_dist, 1.0), weights)
-
-
-@partial(jax.jit, static_argnames=("strategy", "budget", "medial_lambda", "use_query_weights"))
+@partial(
+    jax.jit,
+    static_argnames=("strategy", "budget", "diversify", "use_query_weights"),
+)
 def query(
     key: jax.Array,
     probs: jax.Array,
     mc_probs: jax.Array | None,
-    available: jax.Array,
-    weights: jax.Array,
+    state: PoolState,
+    estimate: WeightEstimate,
+    train_weights: jax.Array,
     *,
     strategy: str,
     budget: int,
-    medial_lambda: float | None,
+    diversify: str,
+    medial_lambda: float,
+    lam: float,
     p_min: float = 1e-3,
     use_query_weights: bool = True,
-) -> tuple[jax.Array, jax.Array]:
-    """Choose ``budget`` pool rows to label: returns (chosen bool [n], query_weight [n]).
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Choose ``budget`` pool rows to label: returns (chosen, query_weight, offered), each [n].
 
     ``probs`` [n, k] (already posterior-corrected if that is on), ``mc_probs`` [s, n, k]
-    for the MC strategies, ``available`` the unlabeled pool rows. Scores from
-    :data:`alsa_jax.acquisition.ACQUISITIONS`; with ``medial_lambda`` set, the budget is
-    shared over predicted classes in proportion to w**medial_lambda, else plain top-k.
-    ``iwal`` streams over the pool with probability p_min + (1 - p_min) * spread and
-    returns the 1/p weights of the chosen rows (ones when ``use_query_weights`` is off).
+    for the MC strategies; the candidates are :func:`alsa_jax.pool.unlabeled_pool`. Scores
+    from :data:`alsa_jax.acquisition.ACQUISITIONS`, then the budget is spread over
+    predicted classes (:func:`alsa_jax.selection.diversified_top_k`) unless ``diversify``
+    is ``"none"`` (plain top-k). ``"medial"`` buys N ~ P_pool w_pool^lambda with w_pool
+    the estimate rebased onto the candidates' predicted-class mass P_pool, so that
+    lambda = 1 buys like the estimated target Q; the original's modes use the training
+    weights ``train_weights``. ``iwal`` streams forward over the rows no earlier round
+    offered, with probability p_min + (1 - p_min) * spread, and returns the 1/p weights of
+    the chosen rows (ones when ``use_query_weights`` is off) and the rows it offered.
     """
+    available = pool.unlabeled_pool(state)
+    n = probs.shape[0]
     if strategy == "iwal":
         query_prob = acquisition.iwal_query_probability(mc_probs, p_min)
-        chosen, importance = selection.iwal_select(key, query_prob, available, budget)
-        query_weight = jnp.where(chosen, importance if use_query_weights else 1.0, 1.0)
-        return chosen, query_weight
-    scores = acquisition.score(strategy, key, probs, mc_probs)
-    if medial_lambda is None:
-        chosen = selection.top_k(scores, available, budget)
-    else:
-        chosen = selection.diversified_top_k(
-            scores, available, jnp.argmax(probs, axis=-1), weights, budget, medial_lambda
+        chosen, importance, offered = selection.iwal_select(
+            key, query_prob, available & ~state.offered, budget
         )
-    return chosen, jnp.ones(probs.shape[0], dtype=jnp.float32)
+        query_weight = jnp.where(chosen, importance if use_query_weights else 1.0, 1.0)
+        return chosen, query_weight, offered
+    scores = acquisition.score(strategy, key, probs, mc_probs)
+    no_offer = jnp.zeros(n, bool)
+    ones = jnp.ones(n, dtype=jnp.float32)
+    if diversify == "none":
+        return selection.top_k(scores, available, budget), ones, no_offer
+    k = probs.shape[-1]
+    predicted = jnp.argmax(probs, axis=-1)
+    if diversify == "medial":
+        candidates = selection.candidates_per_class(available, predicted, k)
+        pool_dist = candidates / jnp.maximum(jnp.sum(candidates), 1)
+        weights = label_shift.rebase_weights(
+            estimate.weights, from_dist=estimate.sample_dist, to_dist=pool_dist, lam=lam
+        )
+    else:
+        weights = train_weights
+    chosen = selection.diversified_top_k(
+        scores,
+        available,
+        predicted,
+        weights,
+        budget,
+        diversify=diversify,
+        medial_lambda=medial_lambda,
+    )
+    return chosen, ones, no_offer
 
 
 def training_weights(
@@ -209,15 +265,16 @@ def round_metrics(
     errors of the estimate w against ``true_weights``.
     """
     out = dict(metrics.classification_metrics(test_probs, test_labels, test_mask))
-    labeled = pool.label_distribution(source_labels, pool.training_mask(state), num_classes)
-    target = pool.label_distribution(test_labels, test_mask, num_classes)
+    labeled = label_shift.label_distribution(source_labels, num_classes, pool.training_mask(state))
+    target = label_shift.label_distribution(test_labels, num_classes, test_mask)
     out["source_shift"] = metrics.source_shift(labeled, target)
     out["uniform_source_shift"] = metrics.uniform_source_shift(labeled)
     errors = label_shift.weight_errors(weights, true_weights)
     out["weight_l2_error"] = errors["l2"]
     out["weight_mse"] = errors["mse"]
     out["weight_max_abs_error"] = errors["max_abs"]
-    out["labels_total"] = jnp.sum(pool.training_mask(state))
-    out["labels_holdout"] = jnp.sum(state.holdout)  # bought too, for the confusion matrix
+    out["labels_paid"] = pool.num_paid(state)
     out["labels_bought"] = pool.num_bought(state)
+    out["labels_holdout"] = pool.num_holdout(state)  # paid for too, for the confusion matrix
+    out["training_rows"] = pool.num_training_rows(state)
     return out

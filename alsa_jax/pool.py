@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from alsa_jax import label_shift, validation
+from alsa_jax import validation
 from alsa_jax.shift import Splits
 
 
@@ -28,6 +28,13 @@ class PoolState:
     ``labeled_round`` int32 [n]: -1 never labeled, 0 warm start and initially labeled,
     r for rows bought in round r >= 1. ``query_weight`` float32 [n]: the importance weight
     attached when the row was bought (IWAL's 1/p), 1 otherwise.
+
+    Resampling with replacement puts one example into several slots, so the rows also
+    carry ``example`` int32 [n]: the example each row holds (ids 0..m-1 over the distinct
+    examples, -1 for padding), and ``representative`` bool [n]: the first row of each
+    example, the only one a query can choose (buying it reveals every row of the example).
+    ``offered`` bool [n]: pool rows that a streaming query (IWAL) has already offered and
+    passed over; a stream never offers a row twice.
     """
 
     warm: jax.Array
@@ -36,6 +43,9 @@ class PoolState:
     labeled: jax.Array
     labeled_round: jax.Array
     query_weight: jax.Array
+    example: jax.Array
+    representative: jax.Array
+    offered: jax.Array
 
 
 def from_splits(splits: Splits) -> tuple[jax.Array, jax.Array, PoolState]:
@@ -44,7 +54,9 @@ def from_splits(splits: Splits) -> tuple[jax.Array, jax.Array, PoolState]:
     With capacities n_w, n_h, n_p of the warm, holdout and pool splits, n = n_w + n_h + n_p.
     Returns ``source_indices`` int32 [n] (rows of the TRAIN arrays, padding slots
     included), ``source_valid`` bool [n], and the :class:`PoolState` in which the warm
-    start and the pool's ``initially_labeled`` slots are labeled at round 0.
+    start and the pool's ``initially_labeled`` slots (with every other slot of the same
+    examples) are labeled at round 0. Rows holding the same train row share an
+    ``example`` id.
     """
     parts = (splits.warm, splits.holdout, splits.pool)
     validation.check_shape(
@@ -58,11 +70,21 @@ def from_splits(splits: Splits) -> tuple[jax.Array, jax.Array, PoolState]:
         blocks[which] = jnp.asarray(mask, bool)
         return jnp.concatenate(blocks)
 
+    valid_np = np.asarray(source_valid)
+    indices_np = np.asarray(source_indices)
+    example = np.full(indices_np.shape, -1, np.int32)
+    representative = np.zeros(indices_np.shape, bool)
+    if valid_np.any():
+        _, first, inverse = np.unique(indices_np[valid_np], return_index=True, return_inverse=True)
+        example[valid_np] = inverse.reshape(-1)
+        representative[np.flatnonzero(valid_np)[first]] = True
+
     warm = placed(0, splits.warm.valid)
     holdout = placed(1, splits.holdout.valid)
     pool = placed(2, splits.pool.valid)
+    example = jnp.asarray(example)
     initial = placed(2, jnp.asarray(splits.initially_labeled, bool) & splits.pool.valid)
-    labeled = warm | initial
+    labeled = warm | (pool & _same_example(example, initial))
     state = PoolState(
         warm=warm,
         holdout=holdout,
@@ -70,19 +92,45 @@ def from_splits(splits: Splits) -> tuple[jax.Array, jax.Array, PoolState]:
         labeled=labeled,
         labeled_round=jnp.where(labeled, 0, -1).astype(jnp.int32),
         query_weight=jnp.ones(labeled.shape, jnp.float32),
+        example=example,
+        representative=jnp.asarray(representative),
+        offered=jnp.zeros(labeled.shape, bool),
     )
     return source_indices, source_valid, state
 
 
+def _same_example(example: jax.Array, rows: jax.Array) -> jax.Array:
+    """Rows holding an example that some row of ``rows`` holds: bool [n]."""
+    n = example.shape[0]
+    hit = jnp.zeros(n + 1, bool).at[jnp.where(rows & (example >= 0), example, n)].set(True)
+    return hit[jnp.where(example >= 0, example, n)] & (example >= 0)
+
+
+def _per_example_max(example: jax.Array, values: jax.Array) -> jax.Array:
+    """For each row, the largest ``values`` entry over the rows of its example: [n]."""
+    n = example.shape[0]
+    index = jnp.where(example >= 0, example, n)
+    best = jnp.zeros(n + 1, values.dtype).at[index].max(values)
+    return best[index]
+
+
 @jax.jit
 def _reveal(
-    state: PoolState, chosen: jax.Array, round_index: jax.Array, query_weight: jax.Array
+    state: PoolState,
+    chosen: jax.Array,
+    round_index: jax.Array,
+    query_weight: jax.Array,
+    offered: jax.Array,
 ) -> PoolState:
     take = chosen & state.pool & ~state.labeled
+    # Buying one slot's label reveals it for every slot of the same example.
+    revealed = state.pool & ~state.labeled & _same_example(state.example, take)
+    weight = _per_example_max(state.example, jnp.where(take, query_weight, 0.0))
     return state.replace(
-        labeled=state.labeled | take,
-        labeled_round=jnp.where(take, round_index, state.labeled_round).astype(jnp.int32),
-        query_weight=jnp.where(take, query_weight, state.query_weight).astype(jnp.float32),
+        labeled=state.labeled | revealed,
+        labeled_round=jnp.where(revealed, round_index, state.labeled_round).astype(jnp.int32),
+        query_weight=jnp.where(revealed, weight, state.query_weight).astype(jnp.float32),
+        offered=state.offered | (offered & state.pool),
     )
 
 
@@ -91,14 +139,20 @@ def reveal(
     chosen: jax.Array,
     round_index: int | jax.Array,
     query_weight: jax.Array | float | None = None,
+    *,
+    offered: jax.Array | None = None,
 ) -> PoolState:
-    """Buy the labels of the ``chosen`` rows in round ``round_index``.
+    """Buy the labels of the ``chosen`` rows in round ``round_index`` >= 1.
 
     ``chosen`` bool [n] must mark only unlabeled pool rows (``unlabeled_pool(state)``):
     with concrete inputs anything else raises ``ValueError``; under ``jax.jit`` rows not
-    eligible are ignored. For the taken rows T: labeled[T] = True,
-    labeled_round[T] = round_index, query_weight[T] = ``query_weight`` (float [n] or a
-    scalar, > 0 on T; default 1). Jittable; ``round_index`` may be traced.
+    eligible are ignored. Buying a row reveals the label of its example, so every pool
+    row holding the same example is labeled with it. For the revealed rows R:
+    labeled[R] = True, labeled_round[R] = round_index, query_weight[R] = the
+    ``query_weight`` of the bought row (float [n] or a scalar, > 0 on the chosen rows;
+    default 1). ``offered`` bool [n] (optional) marks rows a stream passed over this round;
+    they join ``state.offered``. Round 0 is the warm start, so ``round_index`` must be >= 1
+    (checked when concrete). Jittable; ``round_index`` may be traced.
     """
     n = state.labeled.shape[0]
     validation.check_shape("chosen", chosen, (n,))
@@ -106,10 +160,16 @@ def reveal(
         query_weight = 1.0
     if np.ndim(query_weight) != 0:
         validation.check_shape("query_weight", query_weight, (n,))
+    if offered is None:
+        offered = jnp.zeros((n,), bool)
+    validation.check_shape("offered", offered, (n,))
     if validation.is_concrete(round_index):
         round_value = int(np.asarray(round_index))
-        if round_value < 0:
-            raise ValueError(f"round_index must be >= 0 (1 for the first round), got {round_value}")
+        if round_value < 1:
+            raise ValueError(
+                f"round_index must be >= 1 (round 0 is the warm start, whose labels are not "
+                f"bought), got {round_value}"
+            )
     if all(validation.is_concrete(x) for x in (chosen, state.pool, state.labeled)):
         chosen_np = np.asarray(chosen, dtype=bool)
         eligible = np.asarray(state.pool) & ~np.asarray(state.labeled)
@@ -131,22 +191,17 @@ def reveal(
         jnp.asarray(chosen, bool),
         jnp.asarray(round_index, jnp.int32),
         jnp.broadcast_to(jnp.asarray(query_weight, jnp.float32), (n,)),
+        jnp.asarray(offered, bool),
     )
 
 
 def unlabeled_pool(state: PoolState) -> jax.Array:
-    """Pool rows whose labels have not been bought: pool & ~labeled, bool [n]."""
-    return state.pool & ~state.labeled
+    """Rows a query may choose: one row per unlabeled pool example, bool [n].
 
-
-def num_labeled(state: PoolState) -> jax.Array:
-    """Number of labeled rows (warm start, initially labeled and bought): int32 scalar."""
-    return jnp.sum(state.labeled, dtype=jnp.int32)
-
-
-def num_bought(state: PoolState) -> jax.Array:
-    """Number of pool rows bought in rounds >= 1 (initial labels excluded): int32 scalar."""
-    return jnp.sum(state.labeled & state.pool & (state.labeled_round >= 1), dtype=jnp.int32)
+    pool & ~labeled & representative: the first row of each example whose label has not
+    been revealed (the other rows of the example come with it).
+    """
+    return state.pool & ~state.labeled & state.representative
 
 
 def training_mask(state: PoolState) -> jax.Array:
@@ -154,12 +209,45 @@ def training_mask(state: PoolState) -> jax.Array:
     return state.labeled & ~state.holdout
 
 
-def label_distribution(labels: jax.Array, mask: jax.Array, num_classes: int) -> jax.Array:
-    """Empirical class proportions of the masked rows: float32 [k].
+def _distinct(state: PoolState, rows: jax.Array) -> jax.Array:
+    return jnp.sum(rows & state.representative, dtype=jnp.int32)
 
-    P_hat(y = c) = sum_i mask_i [labels_i = c] / sum_i mask_i over ``labels`` int [n],
-    ``mask`` bool [n]; all zeros when the mask is empty. The same as
-    :func:`alsa_jax.label_shift.label_distribution` with the mask in the pool's order.
+
+def num_paid(state: PoolState) -> jax.Array:
+    """Labels paid for: distinct examples whose label was revealed. int32 scalar.
+
+    Warm start, held-out confusion sample, initially labeled and bought examples, each
+    example counted once however many rows hold it. This is the label axis of every
+    comparison. (Warm start, holdout and pool are cut from disjoint examples.)
     """
-    validation.check_shape("mask", mask, (np.shape(labels)[0],))
-    return label_shift.label_distribution(labels, num_classes, mask)
+    return _distinct(state, state.labeled | state.holdout)
+
+
+def num_bought(state: PoolState) -> jax.Array:
+    """Distinct examples bought in rounds >= 1 (initial labels excluded): int32 scalar."""
+    return _distinct(state, state.labeled & state.pool & (state.labeled_round >= 1))
+
+
+def num_holdout(state: PoolState) -> jax.Array:
+    """Distinct examples in the held-out labeled confusion sample: int32 scalar."""
+    return _distinct(state, state.holdout)
+
+
+def num_training_rows(state: PoolState) -> jax.Array:
+    """Rows the network trains on, duplicates included: int32 scalar."""
+    return jnp.sum(training_mask(state), dtype=jnp.int32)
+
+
+def training_distribution(state: PoolState, labels: jax.Array, num_classes: int) -> jax.Array:
+    """The training rows' label distribution, weighted by their query weights: float32 [k].
+
+    P_train(c) = sum_i t_i q_i [y_i = c] / sum_i t_i q_i over the training rows t
+    (:func:`training_mask`) with query weights q (IWAL's 1/p; 1 otherwise). Importance
+    weights w = Q / P_train then make the loss's class prior exactly Q, since each row's
+    loss weight is w(y_i) q_i. All zeros when there is no training row.
+    """
+    validation.check_shape("labels", labels, state.labeled.shape)
+    validation.check_labels("labels", labels, num_classes)
+    rows = jnp.where(training_mask(state), state.query_weight, 0.0)
+    counts = rows @ jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    return counts / jnp.maximum(jnp.sum(rows), 1e-30)

@@ -8,12 +8,14 @@ With concrete arrays a budget above the number of available rows raises
 every available row instead and never an unavailable one.
 
 - :func:`top_k`: the ``budget`` highest scores (ties to the lower index).
-- :func:`class_allocation` / :func:`diversified_top_k`: the budget is first shared
-  over *predicted* classes, N_c proportional to w_c ** medial_lambda (lambda = 0 the
-  class-balanced "guess", 0.5 the medial "subguess", 1 the "overguess"), with
-  water-filling when a class has too few candidates, then top-k within each class.
-- :func:`iwal_select`: the IWAL stream, labeling each row with its query probability
-  and returning the 1/p importance weights.
+- :func:`class_shares` / :func:`class_allocation` / :func:`diversified_top_k`: the budget
+  is first shared over *predicted* classes, by default as the medial distribution
+  N ~ P_pool w^lambda (lambda = 0 buys like the source pool, 1 like the target, 0.5 the
+  medial sqrt(P Q)), or with the original's shares (class-balanced "guess", sqrt(w)
+  "subguess", w "overguess"), with water-filling when a class has too few candidates, then
+  top-k within each class.
+- :func:`iwal_select`: the IWAL stream, offering each row once and labeling it with its
+  query probability, returning the 1/p importance weights.
 """
 
 from __future__ import annotations
@@ -26,13 +28,12 @@ import numpy as np
 
 from alsa_jax import validation
 
-DIVERSIFY: dict[str, float | None] = {
-    "none": None,
-    "guess": 0.0,
-    "subguess": 0.5,
-    "overguess": 1.0,
-}
-"""The original's ``diversify`` names -> ``medial_lambda`` (None: plain :func:`top_k`)."""
+_SHARE_MODES = ("medial", "guess", "subguess", "overguess")
+
+DIVERSIFY: tuple[str, ...] = ("none", *_SHARE_MODES)
+"""How a round's budget is spread over predicted classes (:func:`class_shares`):
+``none`` plain :func:`top_k`; ``medial`` N ~ P_pool w^lambda (the paper's medial
+distribution); ``guess`` / ``subguess`` / ``overguess`` the original's shares 1, sqrt(w), w."""
 
 # Real-valued shares are rounded to this grid before the largest-remainder step, so
 # that float32 noise cannot break exact ties (2/3 vs 2/3) or push a share over its cap.
@@ -109,7 +110,7 @@ def _top_k(scores: jax.Array, available: jax.Array, budget: int) -> jax.Array:
     return chosen & available
 
 
-# --- medial class allocation ---------------------------------------------------------
+# --- class allocation: the medial distribution and the original's modes -------------
 
 
 @jax.jit
@@ -153,62 +154,106 @@ def _water_fill(shares: jax.Array, caps: jax.Array, total: jax.Array) -> jax.Arr
     return jnp.where(eligible, counts, 0)
 
 
-def class_allocation(
+def class_shares(
     candidates_per_class: jax.Array,
     weights: jax.Array,
-    budget: int,
-    medial_lambda: float,
+    *,
+    diversify: str = "medial",
+    medial_lambda: float | jax.Array = 0.5,
 ) -> jax.Array:
+    """Each predicted class's share s_c of a round's budget (unnormalised), float32 [k].
+
+    candidates_per_class: int [k], the available rows predicted as class c; weights: w [k],
+    the importance weights Q(y)/P(y) of the pool (w >= 0). ``diversify``:
+
+    * ``"medial"``: s_c = cand_c * w_c ** lambda, i.e. the bought labels follow the medial
+      distribution N(y) proportional to P_pool(y) w(y)^lambda, P_pool the pool's
+      predicted-class mass cand_c / sum(cand). lambda = 0 buys like the source pool,
+      lambda = 1 like the target Q = P w, lambda = 0.5 the medial sqrt(P Q) of MALLS.
+    * ``"guess"``: s_c = 1 (the original's class balance: equal shares);
+    * ``"subguess"``: s_c = sqrt(w_c) (the original's shares: sqrt(w), without P_pool);
+    * ``"overguess"``: s_c = w_c (the original's shares: w, without P_pool).
+
+    0 ** 0 = 1, so at lambda = 0 a zero weight still gets its pool share. Jittable
+    (``medial_lambda`` may be traced; ``diversify`` is static).
+    """
+    validation.check_choice("diversify", diversify, _SHARE_MODES)
+    if diversify == "medial":
+        _check_medial_lambda(medial_lambda)
+    return _class_shares(candidates_per_class, weights, diversify, medial_lambda)
+
+
+@functools.partial(jax.jit, static_argnames="diversify")
+def _class_shares(
+    candidates_per_class: jax.Array, weights: jax.Array, diversify: str, medial_lambda: jax.Array
+) -> jax.Array:
+    weights = jnp.maximum(jnp.asarray(weights, jnp.float32), 0.0)
+    if diversify == "guess":
+        return jnp.ones_like(weights)
+    if diversify == "subguess":
+        return jnp.sqrt(weights)
+    if diversify == "overguess":
+        return weights
+    power = jnp.asarray(medial_lambda, jnp.float32)
+    # w ** 0 = 1 for every class (w = 0 included); for lambda > 0, w = 0 has no share.
+    tilted = jnp.where(
+        (weights > 0) | (power == 0), jnp.where(weights > 0, weights, 1.0) ** power, 0.0
+    )
+    return jnp.maximum(jnp.asarray(candidates_per_class, jnp.float32), 0.0) * tilted
+
+
+def class_allocation(candidates_per_class: jax.Array, shares: jax.Array, budget: int) -> jax.Array:
     """How many of the ``budget`` queries go to each predicted class. Returns int32 [k].
 
     candidates_per_class: int [k], the available rows predicted as class c (the caps);
-    weights: [k], the current importance-weight estimate w >= 0; budget: static int;
-    medial_lambda in [0, 1]. The target split is
+    shares: float [k] >= 0, the classes' relative shares (:func:`class_shares`); budget:
+    static int. The split is
 
-        N_c  proportional to  w_c ** medial_lambda,   sum_c N_c = min(budget, sum_c cand_c),
+        N_c  proportional to  s_c,   N_c <= cand_c,   sum_c N_c = min(budget, sum_c cand_c).
 
-    so lambda = 0 gives equal shares (class-balanced "guess"), 0.5 shares proportional
-    to sqrt(w) (the medial "subguess"), 1 shares proportional to w ("overguess").
     Water-filling: a class with fewer candidates than its share gets all of them and the
     rest is re-shared over the other classes, until stable (at most k passes). Integer
     counts by the largest-remainder method, ties to the lower class index (remainders
-    compared on a 1/1024 grid, so float noise does not break exact ties).
-
-    Zero weights: at lambda = 0 the weights are ignored (w ** 0 = 1, pure class
-    balance, as the original "guess"). For lambda > 0 a class with w_c = 0 gets no share
-    while the positive-weight classes can absorb the budget; only when all of those are
-    exhausted is the rest shared equally (water-filled the same way) over the
-    zero-weight classes.
-    So the result always sums to min(budget, total candidates) and never exceeds
-    ``candidates_per_class``. Jittable (``medial_lambda`` may be traced).
+    compared on a 1/1024 grid, so float noise does not break exact ties). Classes with
+    s_c = 0 get nothing while the positive-share classes can absorb the budget; only when
+    all of those are exhausted is the rest shared equally (water-filled the same way) over
+    the zero-share classes, so the result always sums to min(budget, total candidates).
+    Jittable (the budget may be traced inside the jitted core).
     """
     validation.check_rank("candidates_per_class", candidates_per_class, 1)
-    validation.check_shape("weights", weights, (np.shape(candidates_per_class)[0],))
+    validation.check_shape("shares", shares, (np.shape(candidates_per_class)[0],))
     validation.check_positive("candidates_per_class", candidates_per_class, strict=False)
-    validation.check_positive("weights", weights, strict=False)
-    if validation.is_concrete(weights) and not np.all(np.isfinite(np.asarray(weights))):
-        raise ValueError("weights must be finite, got non-finite entries")
+    validation.check_positive("shares", shares, strict=False)
+    if validation.is_concrete(shares) and not np.all(np.isfinite(np.asarray(shares))):
+        raise ValueError("shares must be finite, got non-finite entries")
     _check_static_budget(budget)
-    _check_medial_lambda(medial_lambda)
-    return _class_allocation(candidates_per_class, weights, budget, medial_lambda)
+    return _class_allocation(candidates_per_class, shares, budget)
 
 
 # The jitted cores take the budget as a traced int32, so a new budget does not recompile.
 @jax.jit
 def _class_allocation(
-    candidates_per_class: jax.Array, weights: jax.Array, budget: jax.Array, medial_lambda: float
+    candidates_per_class: jax.Array, shares: jax.Array, budget: jax.Array
 ) -> jax.Array:
     caps = jnp.maximum(jnp.asarray(candidates_per_class).astype(jnp.int32), 0)
-    weights = jnp.asarray(weights, dtype=jnp.float32)
+    shares = jnp.maximum(jnp.asarray(shares, dtype=jnp.float32), 0.0)
     total = jnp.minimum(jnp.asarray(budget, jnp.int32), jnp.sum(caps))
-    power = jnp.asarray(medial_lambda, jnp.float32)
-    # w ** 0 = 1 for every class at lambda = 0 (w = 0 included); otherwise w = 0 has no share.
-    positive = (weights > 0) | (power == 0)
-    shares = jnp.where(positive, jnp.where(positive, weights, 1.0) ** power, 0.0)
+    positive = shares > 0
     first = _water_fill(shares, caps, total)
     rest = total - jnp.sum(first)
     second = _water_fill(jnp.where(positive, 0.0, 1.0), caps, rest)
     return first + second
+
+
+def candidates_per_class(
+    available: jax.Array, predicted_labels: jax.Array, num_classes: int
+) -> jax.Array:
+    """cand_c = number of available rows predicted as class c. int32 [num_classes]."""
+    return (
+        jnp.zeros(num_classes, dtype=jnp.int32)
+        .at[jnp.asarray(predicted_labels, jnp.int32)]
+        .add(jnp.asarray(available).astype(jnp.int32))
+    )
 
 
 def diversified_top_k(
@@ -217,16 +262,20 @@ def diversified_top_k(
     predicted_labels: jax.Array,
     weights: jax.Array,
     budget: int,
-    medial_lambda: float,
+    *,
+    diversify: str = "medial",
+    medial_lambda: float | jax.Array = 0.5,
 ) -> jax.Array:
-    """Top-scoring rows within each predicted class, per :func:`class_allocation`.
+    """Top-scoring rows within each predicted class, ``budget`` in all, spread over classes.
 
     scores: [n]; available: bool [n]; predicted_labels: int [n] in [0, k) (argmax of the
-    corrected posterior); weights: [k]; budget: static int; medial_lambda in [0, 1].
-    With cand_c the available rows predicted as c and N = class_allocation(cand, w,
-    budget, medial_lambda), rows are ranked within their class by (-score, index) and
-    a row is chosen when its rank r < N_c. Returns bool [n] with exactly ``budget``
-    entries (fewer only under jit when fewer rows are available).
+    posterior); weights: w [k] (Q/P of the pool for ``"medial"``); budget: static int.
+    With cand_c the available rows predicted as c, the class quotas are
+    N = class_allocation(cand, class_shares(cand, w, diversify=..., medial_lambda=...),
+    budget): by default the medial distribution N ~ P_pool w^lambda. Rows are ranked
+    within their class by (-score, index) and a row is chosen when its rank r < N_c.
+    Returns bool [n] with exactly ``budget`` entries (fewer only under jit when fewer rows
+    are available).
     """
     available = _check_mask(scores, available, budget)
     validation.check_rank("predicted_labels", predicted_labels, 1)
@@ -234,23 +283,31 @@ def diversified_top_k(
     validation.check_rank("weights", weights, 1)
     k = weights.shape[0]
     validation.check_labels("predicted_labels", predicted_labels, k)  # k = len(weights)
-    _check_medial_lambda(medial_lambda)
-    return _diversified_top_k(scores, available, predicted_labels, weights, budget, medial_lambda)
+    validation.check_positive("weights", weights, strict=False)
+    validation.check_choice("diversify", diversify, _SHARE_MODES)
+    if diversify == "medial":
+        _check_medial_lambda(medial_lambda)
+    return _diversified_top_k(
+        scores, available, predicted_labels, weights, budget, medial_lambda, diversify=diversify
+    )
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames="diversify")
 def _diversified_top_k(
     scores: jax.Array,
     available: jax.Array,
     predicted_labels: jax.Array,
     weights: jax.Array,
     budget: jax.Array,
-    medial_lambda: float,
+    medial_lambda: jax.Array,
+    *,
+    diversify: str,
 ) -> jax.Array:
     k = weights.shape[0]
     labels = jnp.asarray(predicted_labels).astype(jnp.int32)
-    candidates = jnp.zeros(k, dtype=jnp.int32).at[labels].add(available.astype(jnp.int32))
-    allocation = _class_allocation(candidates, weights, budget, medial_lambda)
+    candidates = candidates_per_class(available, labels, k)
+    shares = _class_shares(candidates, weights, diversify, medial_lambda)
+    allocation = _class_allocation(candidates, shares, budget)
     # Unavailable rows go to a sentinel class k, sorted after every real class.
     row_class = jnp.where(available, labels, k)
     position = _ranks(row_class, -_float_scores(scores))
@@ -260,62 +317,30 @@ def _diversified_top_k(
     return available & (rank_in_class < quota)
 
 
-def select(
-    scores: jax.Array,
-    available: jax.Array,
-    budget: int,
-    *,
-    predicted_labels: jax.Array | None = None,
-    weights: jax.Array | None = None,
-    diversify: str = "none",
-    medial_lambda: float | None = None,
-) -> jax.Array:
-    """Choose ``budget`` rows: :func:`top_k`, or :func:`diversified_top_k` over classes.
-
-    ``diversify`` is one of :data:`DIVERSIFY` ("none", "guess", "subguess",
-    "overguess"); an explicit ``medial_lambda`` overrides the named mode. With a
-    lambda, ``predicted_labels`` [n] and ``weights`` [k] are required. Returns bool [n].
-    """
-    validation.check_choice("diversify", diversify, DIVERSIFY)
-    lam = DIVERSIFY[diversify] if medial_lambda is None else medial_lambda
-    if lam is None:
-        return top_k(scores, available, budget)
-    if predicted_labels is None or weights is None:
-        missing = "predicted_labels" if predicted_labels is None else "weights"
-        raise ValueError(
-            f"{missing} is required for class-diversified selection (diversify={diversify!r}, "
-            f"medial_lambda={lam}); pass it or use diversify='none'"
-        )
-    return diversified_top_k(scores, available, predicted_labels, weights, budget, lam)
-
-
 # --- IWAL stream ---------------------------------------------------------------------
 
 
 def iwal_select(
-    key: jax.Array,
-    query_prob: jax.Array,
-    available: jax.Array,
-    budget: int,
-    max_passes: int = 8,
-) -> tuple[jax.Array, jax.Array]:
-    """IWAL: stream over the pool, labeling row i with probability p_i, until the budget.
+    key: jax.Array, query_prob: jax.Array, available: jax.Array, budget: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """IWAL: stream forward over the pool, labeling row i with probability p_i, until the budget.
 
     query_prob: [n] with p_i in (0, 1] (:func:`alsa_jax.acquisition.iwal_query_probability`);
-    available: bool [n]; budget: static int; max_passes: static int >= 0.
+    available: bool [n], the rows not yet offered (unlabeled pool rows that no earlier
+    round's stream has passed over); budget: static int.
 
-    Pass t (key folded with t) draws u_i ~ U[0, 1) for every row and accepts the rows
-    not yet taken with u_i < p_i; walking the rows in index order, acceptances are
-    kept while their running count c_i (cumulative sum) is <= the budget still open,
-    so the stream stops exactly at the budget. If a pass ends short, the next pass
-    continues over the rows not yet taken with fresh draws. If after ``max_passes``
-    passes the budget is still not spent, the rest is filled with the remaining rows of
-    highest p_i (ties to the lower index); those rows were not drawn, so their 1/p_i
-    weight is an approximation (rare unless most p_i are near p_min).
+    One draw u_i ~ U[0, 1) per row (from ``key``); walking the available rows in index
+    order, row i is accepted when u_i < p_i, and the stream stops at the ``budget``-th
+    acceptance. Every available row up to that point has been *offered* exactly once; the
+    rows after it are not offered this round. A row is offered once in the whole run (the
+    caller removes offered rows from ``available``, as the original's stream pointer does),
+    so its probability of being labeled is exactly the p_i it was offered with and the
+    IWAL weight 1 / p_i is unbiased. When the stream reaches the end of the available rows
+    first, fewer than ``budget`` rows are labeled: the label complexity is IWAL's own.
 
-    Returns (chosen bool [n], importance float32 [n]) with importance_i = 1 / p_i on
-    chosen rows (the IWAL weight the original never applied) and 0 elsewhere.
-    With p = 1 everywhere this takes the first ``budget`` available rows.
+    Returns (chosen bool [n], importance float32 [n] = 1 / p_i on chosen rows and 0
+    elsewhere, offered bool [n]). With p = 1 everywhere this takes the first ``budget``
+    available rows.
     """
     validation.check_rank("query_prob", query_prob, 1)
     validation.check_rank("available", available, 1)
@@ -326,33 +351,26 @@ def iwal_select(
             raise ValueError(
                 f"query_prob must lie in (0, 1], got values in [{np.nanmin(p)}, {np.nanmax(p)}]"
             )
-    if not isinstance(max_passes, (int, np.integer)) or max_passes < 0:
-        raise ValueError(f"max_passes must be a non-negative Python int, got {max_passes!r}")
     _check_static_budget(budget)
     available = jnp.asarray(available).astype(bool)
-    validation.check_budget("budget", budget, jnp.sum(available))
-    return _iwal_select(key, query_prob, available, budget, int(max_passes))
+    return _iwal_select(key, query_prob, available, budget)
 
 
-@functools.partial(jax.jit, static_argnames="max_passes")
+@jax.jit
 def _iwal_select(
-    key: jax.Array, query_prob: jax.Array, available: jax.Array, budget: jax.Array, max_passes: int
-) -> tuple[jax.Array, jax.Array]:
+    key: jax.Array, query_prob: jax.Array, available: jax.Array, budget: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     query_prob = jnp.asarray(query_prob, dtype=jnp.float32)
     n = query_prob.shape[0]
-
-    def one_pass(t: int, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        taken, remaining = carry
-        u = jax.random.uniform(jax.random.fold_in(key, t), (n,), dtype=jnp.float32)
-        accept = available & ~taken & (u < query_prob)
-        keep = accept & (jnp.cumsum(accept.astype(jnp.int32)) <= remaining)
-        return taken | keep, remaining - jnp.sum(keep, dtype=jnp.int32)
-
-    taken, remaining = jax.lax.fori_loop(
-        0, max_passes, one_pass, (jnp.zeros(n, dtype=bool), jnp.asarray(budget, jnp.int32))
-    )
-    rest = available & ~taken
-    fill_rank = _ranks(jnp.where(rest, 0, 1), -query_prob)
-    chosen = taken | (rest & (fill_rank < remaining))
+    u = jax.random.uniform(key, (n,), dtype=jnp.float32)
+    accept = available & (u < query_prob)
+    accepted_so_far = jnp.cumsum(accept.astype(jnp.int32))
+    budget = jnp.asarray(budget, jnp.int32)
+    chosen = accept & (accepted_so_far <= budget)
+    # The stream stops at the budget-th acceptance: rows after it are not offered.
+    reached = accept & (accepted_so_far == budget) & (budget > 0)
+    stop = jnp.where(jnp.any(reached), jnp.argmax(reached), n - 1)
+    stop = jnp.where(budget > 0, stop, -1)
+    offered = available & (jnp.arange(n) <= stop)
     importance = jnp.where(chosen, 1.0 / query_prob, 0.0).astype(jnp.float32)
-    return chosen, importance
+    return chosen, importance, offered

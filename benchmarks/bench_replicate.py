@@ -72,7 +72,7 @@ def main() -> None:
     last = history[-1]
     print(
         f"final accuracy {last['accuracy']:.4f}, average class accuracy "
-        f"{last['average_class_accuracy']:.4f}, labels {last['labels_total']}"
+        f"{last['average_class_accuracy']:.4f}, labels paid {last['labels_paid']}"
     )
 
 

@@ -64,8 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.query = ml_collections.ConfigDict()
     # random | maxent | margin | least_confidence | bald | bald_vote | qbc | iwal
     config.query.strategy = "maxent"
-    config.query.diversify = "guess"  # none | guess | subguess | overguess
-    # Overrides diversify: each predicted class's share of the budget ~ w**lambda.
+    # How the budget is spread over predicted classes: none (top-k) | medial (N ~ P w^lambda)
+    # | the original's guess (equal shares) | subguess (~ sqrt(w)) | overguess (~ w).
+    config.query.diversify = "guess"
+    # diversify=medial: 0 buys like the source pool, 1 like the target, unset = 0.5 (sqrt(P Q)).
     config.query.medial_lambda = config_dict.placeholder(float)
     config.query.num_batches = 20  # rounds
     config.query.sample_prop = 0.2  # fraction of the pool bought over all rounds

@@ -11,7 +11,7 @@ The algorithm, top to bottom (:func:`run`):
    by every run with the same seed, data, shift and training settings;
 3. estimate the importance weights w = Q(y)/P(y) (BBSE / RLLS / oracle / none);
 4. for each of ``query.num_batches`` rounds: score the unlabeled pool, select a batch
-   (class-allocated over predicted labels by w**lambda), reveal its labels, fine-tune
+   (spread over predicted labels, e.g. as the medial N ~ P w^lambda), reveal its labels, fine-tune
    on every labeled example with importance weights, re-estimate w, evaluate, and
    checkpoint the round state.
 
@@ -138,9 +138,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             "train.partial_epochs", config.train.partial_epochs, strict=False
         ),
     ]
-    if config.query.strategy == "iwal" and (
-        config.query.diversify != "none" or config.query.medial_lambda is not None
-    ):
+    if config.query.medial_lambda is not None and config.query.diversify != "medial":
+        checks.append(
+            _raise(
+                f"query.medial_lambda={config.query.medial_lambda} sets the medial distribution "
+                f"of query.diversify='medial', but query.diversify={config.query.diversify!r}; "
+                "set --config.query.diversify=medial or leave query.medial_lambda unset"
+            )
+        )
+    if config.query.strategy == "iwal" and config.query.diversify != "none":
         checks.append(
             _raise(
                 "query.strategy='iwal' streams the pool by its own query probabilities and takes "
@@ -205,6 +211,7 @@ class Experiment:
     tx: Any
     train_step: Callable
     committee_step: Callable | None  # all committee members in one vmapped step (qbc)
+    source_index: np.ndarray  # the dataset row each source row holds
     source_x: jax.Array  # warm start, holdout and pool rows, padding included
     source_y: jax.Array
     target_x: jax.Array  # unlabeled target sample (labels only for the oracle and errors)
@@ -215,7 +222,7 @@ class Experiment:
     test_valid: jax.Array
     initial_pool: pool.PoolState
     budget: int
-    medial_lambda: float | None
+    medial_lambda: float
     use_holdout: bool
     h0_key: dict
 
@@ -247,11 +254,15 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
         alpha_triple=tuple(s.alpha_triple) if s.alpha_triple else None,
     )
     source_indices, _, pool_state = pool.from_splits(splits)
+    if config.label_shift.estimator == "none":
+        # A method that needs no weight estimate pays for no held-out confusion sample.
+        pool_state = pool_state.replace(holdout=jnp.zeros_like(pool_state.holdout))
     source_indices = np.asarray(source_indices)
     target_idx, test_idx = np.asarray(splits.target.indices), np.asarray(splits.test.indices)
 
     q = config.query
-    pool_size = int(np.sum(np.asarray(pool_state.pool)))
+    # Budgets count distinct examples: a resampled pool holds some examples in several rows.
+    pool_size = int(np.sum(np.asarray(pool_state.pool & pool_state.representative)))
     buyable = int(np.sum(np.asarray(pool.unlabeled_pool(pool_state))))
     budget = int(q.sample_prop * pool_size / q.num_batches)
     if budget * q.num_batches > buyable:
@@ -265,9 +276,8 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
             f"query.sample_prop={q.sample_prop} buys no label per round from a pool of "
             f"{pool_size} over {q.num_batches} rounds; raise it or lower query.num_batches"
         )
-    medial_lambda = q.medial_lambda
-    if medial_lambda is None:
-        medial_lambda = selection.DIVERSIFY[q.diversify]
+    # The paper's medial distribution sqrt(P Q) unless another lambda is set.
+    medial_lambda = 0.5 if q.medial_lambda is None else float(q.medial_lambda)
 
     fields = models.MODELS[config.model.name].__dataclass_fields__
     model_kwargs = {
@@ -322,6 +332,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
             if q.strategy == "qbc"
             else None
         ),
+        source_index=source_indices,
         source_x=jnp.asarray(dataset.train_x[source_indices]),
         source_y=jnp.asarray(dataset.train_y[source_indices]),
         target_x=jnp.asarray(dataset.test_x[target_idx]),
@@ -363,28 +374,47 @@ def predict(exp: Experiment, state: train.TrainState, x: jax.Array) -> jax.Array
     )
 
 
-def estimate(exp: Experiment, state: malls.RoundState) -> jax.Array:
+def train_distribution(exp: Experiment, pool_state: pool.PoolState) -> jax.Array:
+    """P_train [k]: the labeled rows' label mix that the training weights are relative to."""
+    return malls.source_distribution(
+        pool_state,
+        exp.source_y,
+        all_labeled=exp.config.label_shift.reweight_all_labeled,
+        num_classes=exp.num_classes,
+    )
+
+
+def class_weights(exp: Experiment, state: malls.RoundState) -> jax.Array:
+    """The current training weights w(y) = Q/P_train, mixed, [k]."""
+    return malls.class_weights(
+        state.estimate,
+        train_distribution(exp, state.pool),
+        lam=float(exp.config.label_shift.weight_lambda),
+    )
+
+
+def estimate(exp: Experiment, state: malls.RoundState) -> malls.WeightEstimate:
     """Re-estimate w from fresh predictions on the labeled source and the target sample."""
     ls = exp.config.label_shift
+    weights = class_weights(exp, state)
     source_probs = predict(exp, state.train, exp.source_x)
     if ls.correct_confusion_predictions:  # the original's posterior-corrected confusion
-        source_probs = label_shift.posterior_correction(source_probs, state.weights)
+        source_probs = label_shift.posterior_correction(source_probs, weights)
     target_probs = predict(exp, state.train, exp.target_x)
     if ls.correct_confusion_predictions:
-        target_probs = label_shift.posterior_correction(target_probs, state.weights)
+        target_probs = label_shift.posterior_correction(target_probs, weights)
     return malls.estimate_weights(
         source_probs,
         exp.source_y,
         malls.confusion_rows(
             state.pool, use_holdout=exp.use_holdout, all_labeled=ls.reweight_all_labeled
         ),
-        malls.source_rows(state.pool, all_labeled=ls.reweight_all_labeled),
+        train_distribution(exp, state.pool),
         target_probs,
         exp.target_valid,
         exp.target_y,
         method=ls.estimator,
         reg=float(ls.rlls_reg),
-        lam=float(ls.weight_lambda),
         soft=bool(ls.soft_confusion),
         num_classes=exp.num_classes,
     )
@@ -413,7 +443,7 @@ def finetune(
         example_weight = malls.training_weights(
             state.pool,
             exp.source_y,
-            state.weights,
+            class_weights(exp, state),
             importance_weighting=ls.importance_weighting and ls.estimator != "none",
             all_labeled=ls.reweight_all_labeled,
         )
@@ -442,12 +472,12 @@ def finetune(
 def evaluate(exp: Experiment, state: malls.RoundState) -> dict[str, Any]:
     """The round's record: accuracy family, labels, source shift, weight errors."""
     ls = exp.config.label_shift
+    weights = class_weights(exp, state)
     probs = predict(exp, state.train, exp.test_x)
     if ls.posterior_correction_eval and ls.estimator != "none":
-        probs = label_shift.posterior_correction(probs, state.weights)
-    source = malls.source_rows(state.pool, all_labeled=ls.reweight_all_labeled)
+        probs = label_shift.posterior_correction(probs, weights)
     true_weights = label_shift.oracle_weights(
-        label_shift.label_distribution(exp.source_y, exp.num_classes, source),
+        train_distribution(exp, state.pool),
         label_shift.label_distribution(exp.target_y, exp.num_classes, exp.target_valid),
     )
     out = malls.round_metrics(
@@ -456,25 +486,24 @@ def evaluate(exp: Experiment, state: malls.RoundState) -> dict[str, Any]:
         exp.test_valid,
         state.pool,
         exp.source_y,
-        state.weights,
+        weights,
         true_weights,
         num_classes=exp.num_classes,
     )
     record = {name: np.asarray(v).tolist() for name, v in out.items()}
-    record["weights"] = np.asarray(state.weights).tolist()
+    record["weights"] = np.asarray(weights).tolist()
     record["true_weights"] = np.asarray(true_weights).tolist()
     return record
 
 
 def query_round(
     exp: Experiment, state: malls.RoundState, source_probs: jax.Array, key: jax.Array
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Score the unlabeled pool and choose this round's batch."""
     q, ls = exp.config.query, exp.config.label_shift
+    weights = class_weights(exp, state)
     correct = ls.posterior_correction_scoring and ls.estimator != "none"
-    probs = (
-        label_shift.posterior_correction(source_probs, state.weights) if correct else source_probs
-    )
+    probs = label_shift.posterior_correction(source_probs, weights) if correct else source_probs
     mc_probs = None
     if q.strategy == "qbc":
         mc_probs = jnp.stack(
@@ -494,16 +523,19 @@ def query_round(
             batch_size=exp.config.train.eval_batch_size,
         )
     if correct and mc_probs is not None:  # every pass / member: [s, n, k]
-        mc_probs = label_shift.posterior_correction(mc_probs, state.weights)
+        mc_probs = label_shift.posterior_correction(mc_probs, weights)
     return malls.query(
         key,
         probs,
         mc_probs,
-        pool.unlabeled_pool(state.pool),
-        state.weights,
+        state.pool,
+        state.estimate,
+        weights,
         strategy=q.strategy,
         budget=exp.budget,
+        diversify=q.diversify,
         medial_lambda=exp.medial_lambda,
+        lam=float(ls.weight_lambda),
         p_min=float(q.iwal_p_min),
         use_query_weights=bool(q.iwal_importance_weights),
     )
@@ -554,7 +586,7 @@ def _summary(record: dict[str, Any]) -> str:
         if f"seconds_{name}" in record
     )
     return (
-        f"round {record['round']:3d} | labels {record['labels_total']:5d} "
+        f"round {record['round']:3d} | labels {record['labels_paid']:5d} "
         f"(+{record['labels_bought']:4d}) | acc {record['accuracy']:.4f} "
         f"| class-avg {record['average_class_accuracy']:.4f} "
         f"| f1 {record['f1_macro']:.4f} | w-err {record['weight_l2_error']:.3f} "
@@ -581,7 +613,7 @@ def initial_state(exp: Experiment) -> malls.RoundState:
         key=loop_key,
         train=train.create_train_state(init_key, exp.model, exp.tx, exp.input_shape),
         pool=exp.initial_pool,
-        weights=jnp.ones(exp.num_classes, jnp.float32),
+        estimate=malls.no_estimate(exp.num_classes),
         committee=committee,
     )
 
@@ -616,21 +648,11 @@ def run_round(
     round_key = jax.random.fold_in(state.key, r)
     query_key, fit_key = jax.random.split(round_key)
     source_probs = timer.phase("prediction", lambda: predict(exp, state.train, exp.source_x))
-    chosen, query_weight = timer.phase(
+    chosen, query_weight, offered = timer.phase(
         "selection", lambda: query_round(exp, state, source_probs, query_key)
     )
-    revealed = pool.reveal(state.pool, chosen, r, query_weight)
-    ls = config.label_shift
-    if ls.estimator != "none" and ls.reweight_all_labeled:
-        # w = Q/P_train: the training rows just changed, and their labels are known.
-        dist = lambda p: pool.label_distribution(
-            exp.source_y,
-            pool.training_mask(p),  # noqa: E731
-            exp.num_classes,
-        )
-        state = state.replace(
-            weights=malls.rebase_weights(state.weights, dist(state.pool), dist(revealed))
-        )
+    # The training weights follow from the raw estimate and the new labeled set's mix.
+    revealed = pool.reveal(state.pool, chosen, r, query_weight, offered=offered)
     state = state.replace(round=jnp.int32(r), pool=revealed)
     state = state.replace(
         train=timer.phase(
@@ -642,7 +664,7 @@ def run_round(
     )
     state = train_committee(exp, state, timer, fit_key, initial=False)
     if config.label_shift.iterative:
-        state = state.replace(weights=timer.phase("estimation", lambda: estimate(exp, state)))
+        state = state.replace(estimate=timer.phase("estimation", lambda: estimate(exp, state)))
     record = {"round": r, **timer.phase("evaluation", lambda: evaluate(exp, state))}
     record.update(timer.seconds, compilations=_Timer.compilations - before)
     return state, record
@@ -712,7 +734,7 @@ def run(
         if state.committee is not None:
             say(f"committee: training {config.query.committee_size} networks")
         state = train_committee(exp, state, timer, h0_key, initial=True)
-        state = state.replace(weights=timer.phase("estimation", lambda: estimate(exp, state)))
+        state = state.replace(estimate=timer.phase("estimation", lambda: estimate(exp, state)))
         record = {"round": 0, **timer.phase("evaluation", lambda: evaluate(exp, state))}
         record.update(
             timer.seconds,
@@ -729,7 +751,11 @@ def run(
     # checkpointed round is written again in case the crash came before its events.
     writer = results_log.ScalarWriter(workdir, resume_round=latest)
     writer.write(history[-1])
-    budget_note = f"{exp.budget} labels a round, diversify lambda={exp.medial_lambda}"
+    q = config.query
+    spread = f"diversify={q.diversify}"
+    if q.diversify == "medial":
+        spread += f" (medial_lambda={exp.medial_lambda})"
+    budget_note = f"{exp.budget} labels a round, {spread}"
     if latest < config.query.num_batches:
         rounds = f"{latest + 1}..{config.query.num_batches}"
         say(f"rounds {rounds}: {config.query.strategy}, {budget_note}")

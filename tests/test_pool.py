@@ -44,7 +44,12 @@ def test_from_splits_layout():
     np.testing.assert_array_equal(state.labeled_round, [0, 0, -1, -1, -1, 0, -1, -1, -1])
     np.testing.assert_array_equal(state.query_weight, np.ones(9))
     assert state.labeled_round.dtype == jnp.int32 and state.query_weight.dtype == jnp.float32
-    assert int(pool.num_labeled(state)) == 3 and int(pool.num_bought(state)) == 0
+    # Paid: 2 warm-start + 1 holdout + 1 initially labeled example; nothing bought yet.
+    assert int(pool.num_paid(state)) == 4 and int(pool.num_bought(state)) == 0
+    assert int(pool.num_holdout(state)) == 1 and int(pool.num_training_rows(state)) == 3
+    np.testing.assert_array_equal(state.example, [0, 1, -1, 2, 3, 4, 5, 6, -1])
+    np.testing.assert_array_equal(state.representative, valid)
+    np.testing.assert_array_equal(state.offered, np.zeros(9))
     np.testing.assert_array_equal(pool.unlabeled_pool(state), [0, 0, 0, 0, 1, 0, 1, 1, 0])
     np.testing.assert_array_equal(pool.training_mask(state), [1, 1, 0, 0, 0, 1, 0, 0, 0])
 
@@ -69,8 +74,19 @@ def test_from_make_splits():
     masks = np.stack([state.warm, state.holdout, state.pool]).astype(int)
     np.testing.assert_array_equal(masks.sum(0), valid)  # disjoint, padding in none
     assert int(state.pool.sum()) == int(splits.pool.size)
-    expected = int(splits.warm.size) + int(splits.initially_labeled.sum())
-    assert int(pool.num_labeled(state)) == expected
+    # Resampled with replacement: rows of one example share its id, and the paid labels
+    # count distinct examples (warm start, holdout, initially labeled pool examples).
+    source = np.asarray(indices)[np.asarray(valid)]
+    np.testing.assert_array_equal(
+        np.asarray(state.example)[np.asarray(valid)], np.unique(source, return_inverse=True)[1]
+    )
+    assert len(np.unique(source)) < len(source)  # the draw does hold duplicates
+    labeled_rows = np.asarray(state.labeled | state.holdout)
+    assert int(pool.num_paid(state)) == len(np.unique(np.asarray(indices)[labeled_rows]))
+    # Every row of an initially labeled example is labeled.
+    pool_rows = np.asarray(state.pool)
+    for ex in np.unique(np.asarray(state.example)[pool_rows & np.asarray(state.labeled)]):
+        assert np.all(np.asarray(state.labeled)[np.asarray(state.example) == ex])
 
 
 def test_reveal_sets_masks_rounds_and_weights():
@@ -81,7 +97,7 @@ def test_reveal_sets_masks_rounds_and_weights():
     np.testing.assert_array_equal(after.labeled, [1, 1, 0, 0, 1, 1, 0, 1, 0])
     np.testing.assert_array_equal(after.labeled_round, [0, 0, -1, -1, 2, 0, -1, 2, -1])
     np.testing.assert_allclose(after.query_weight, [1, 1, 1, 1, 4.5, 1, 1, 7.5, 1])
-    assert int(pool.num_labeled(after)) == 5 and int(pool.num_bought(after)) == 2
+    assert int(pool.num_paid(after)) == 6 and int(pool.num_bought(after)) == 2
     np.testing.assert_array_equal(pool.unlabeled_pool(after), [0, 0, 0, 0, 0, 0, 1, 0, 0])
     # Default weight 1, scalar weights broadcast.
     again = pool.reveal(after, jnp.zeros(9, bool).at[6].set(True), 3)
@@ -113,6 +129,11 @@ def test_reveal_rejects_bad_arguments():
         pool.reveal(state, chosen, 1, jnp.zeros(9))
     with pytest.raises(ValueError, match="round_index"):
         pool.reveal(state, chosen, -1)
+    # Round 0 is the warm start: bought rows recorded there would not count as bought.
+    with pytest.raises(ValueError, match="round_index must be >= 1"):
+        pool.reveal(state, chosen, 0)
+    with pytest.raises(ValueError, match="offered"):
+        pool.reveal(state, chosen, 1, offered=jnp.zeros(3, bool))
 
 
 def test_reveal_under_jit_matches_and_ignores_ineligible():
@@ -135,9 +156,9 @@ def test_reveal_invariants(rounds):
     state = _state()
     for r, picks in enumerate(rounds, start=1):
         chosen = np.asarray(picks) & np.asarray(pool.unlabeled_pool(state))
-        before = int(pool.num_labeled(state))
+        before = int(pool.num_paid(state))
         state = pool.reveal(state, jnp.asarray(chosen), r, jnp.full(9, 2.0))
-        assert int(pool.num_labeled(state)) == before + chosen.sum()
+        assert int(pool.num_paid(state)) == before + chosen.sum()
         masks = np.stack([state.warm, state.holdout, state.pool]).astype(int)
         assert masks.sum(0).max() <= 1
         labeled = np.asarray(state.labeled)
@@ -146,17 +167,73 @@ def test_reveal_invariants(rounds):
         np.testing.assert_array_equal(np.asarray(state.labeled_round) >= 0, labeled)
         np.testing.assert_array_equal(np.asarray(state.labeled_round)[chosen], r)
     bought = int(pool.num_bought(state))
-    assert bought == int(pool.num_labeled(state)) - 3
+    assert bought == int(pool.num_paid(state)) - 4
 
 
-def test_label_distribution():
-    labels = jnp.array([0, 1, 1, 2, 2, 2])
-    mask = jnp.array([True, True, True, False, True, True])
-    np.testing.assert_allclose(pool.label_distribution(labels, mask, 4), [0.2, 0.4, 0.4, 0.0])
-    np.testing.assert_array_equal(pool.label_distribution(labels, jnp.zeros(6, bool), 4), 0.0)
-    jitted = jax.jit(pool.label_distribution, static_argnums=2)(labels, mask, 4)
-    np.testing.assert_allclose(jitted, [0.2, 0.4, 0.4, 0.0])
+def _duplicate_splits():
+    """warm rows 3, 3, 4; pool rows 10, 11, 10, 12, 11, 10 (examples held several times)."""
+    test = _split([0, 1], [True, True])
+    k = 3
+    return shift.Splits(
+        warm=_split([3, 3, 4], [True, True, True]),
+        holdout=_split([7, 7], [True, True]),
+        pool=_split([10, 11, 10, 12, 11, 10], [True] * 6),
+        target=test,
+        test=test,
+        warm_dist=jnp.full(k, 1 / k),
+        pool_dist=jnp.full(k, 1 / k),
+        test_dist=jnp.full(k, 1 / k),
+        initially_labeled=jnp.zeros(6, bool),
+    )
+
+
+def test_buying_an_example_reveals_every_row_of_it():
+    indices, _, state = pool.from_splits(_duplicate_splits())
+    np.testing.assert_array_equal(indices, [3, 3, 4, 7, 7, 10, 11, 10, 12, 11, 10])
+    np.testing.assert_array_equal(state.example, [0, 0, 1, 2, 2, 3, 4, 3, 5, 4, 3])
+    np.testing.assert_array_equal(state.representative, [1, 0, 1, 1, 0, 1, 1, 0, 1, 0, 0])
+    # Paid: warm examples 3 and 4, holdout example 7: three labels for five rows.
+    assert int(pool.num_paid(state)) == 3 and int(pool.num_holdout(state)) == 1
+    # A query sees one row per unlabeled example.
+    np.testing.assert_array_equal(pool.unlabeled_pool(state), [0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0])
+    chosen = jnp.zeros(11, bool).at[5].set(True)  # example 10, held by rows 5, 7 and 10
+    after = pool.reveal(state, chosen, 1, 5.0)
+    np.testing.assert_array_equal(after.labeled, [1, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1])
+    np.testing.assert_array_equal(after.labeled_round[jnp.array([5, 7, 10])], [1, 1, 1])
+    np.testing.assert_allclose(after.query_weight, [1, 1, 1, 1, 1, 5, 1, 5, 1, 1, 5])
+    assert int(pool.num_paid(after)) == 4 and int(pool.num_bought(after)) == 1
+    assert int(pool.num_training_rows(after)) == 6  # every row trains, duplicates included
+    np.testing.assert_array_equal(pool.unlabeled_pool(after), [0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0])
+    jitted = jax.jit(pool.reveal)(state, chosen, jnp.int32(1), jnp.full(11, 5.0))
+    for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(jitted), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_offered_rows_accumulate():
+    state = _state()
+    offered = jnp.zeros(9, bool).at[jnp.array([0, 4, 6])].set(True)
+    after = pool.reveal(state, jnp.zeros(9, bool).at[4].set(True), 1, offered=offered)
+    # Only pool rows can be offered (row 0 is the warm start).
+    np.testing.assert_array_equal(after.offered, [0, 0, 0, 0, 1, 0, 1, 0, 0])
+    later = pool.reveal(after, jnp.zeros(9, bool), 2, offered=jnp.zeros(9, bool).at[7].set(True))
+    np.testing.assert_array_equal(later.offered, [0, 0, 0, 0, 1, 0, 1, 1, 0])
+
+
+def test_training_distribution_is_weighted_by_query_weights():
+    state = _state()  # training rows 0, 1 (warm) and 5 (initially labeled)
+    labels = jnp.array([0, 1, 2, 2, 2, 1, 0, 1, 0])
+    np.testing.assert_allclose(
+        pool.training_distribution(state, labels, 3), [1 / 3, 2 / 3, 0.0], rtol=1e-6
+    )
+    # Row 7 (class 1) bought with query weight 4, row 4 (class 2) with 2: masses 1, 1 + 1 + 4, 2.
+    after = pool.reveal(state, jnp.zeros(9, bool).at[7].set(True), 1, 4.0)
+    after = pool.reveal(after, jnp.zeros(9, bool).at[4].set(True), 2, 2.0)
+    np.testing.assert_allclose(
+        pool.training_distribution(after, labels, 3), [1 / 9, 6 / 9, 2 / 9], rtol=1e-6
+    )
+    jitted = jax.jit(pool.training_distribution, static_argnums=2)(after, labels, 3)
+    np.testing.assert_allclose(jitted, [1 / 9, 6 / 9, 2 / 9], rtol=1e-6)
     with pytest.raises(ValueError, match="labels"):
-        pool.label_distribution(labels, mask, 2)
-    with pytest.raises(ValueError, match="mask"):
-        pool.label_distribution(labels, mask[:3], 4)
+        pool.training_distribution(after, labels, 2)
+    with pytest.raises(ValueError, match="labels"):
+        pool.training_distribution(after, labels[:3], 3)
