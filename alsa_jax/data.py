@@ -344,8 +344,10 @@ def prepare(
     data_dir = resolve_data_dir(data_dir)
     manual_dir = resolve_manual_dir(data_dir, manual_dir)
     builder = _builder(name, data_dir, image_size)
-    if builder.is_prepared():
-        return builder
+    # TFDS's is_prepared() logs a warning for a missing folder; look for its info file first.
+    if os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json")):
+        if builder.is_prepared():
+            return builder
     import tensorflow_datasets as tfds
 
     if not download:

@@ -5,7 +5,7 @@
 Cases (stored uint8 batch -> augmentation -> normalisation -> network, as a run feeds it):
 
 - ``cifar``: ResNet-18, 10 classes, 32x32x3 with the ``cifar`` pipeline, batch 128;
-- ``nabirds_small``: ResNet-34, 228 classes, 48x48 crops of 64x64 (``nabirds.py:small``),
+- ``nabirds_small``: ResNet-34, 228 classes, 24x24 crops of 32x32 (``nabirds.py:small``),
   batch 32;
 - ``nabirds``: ResNet-34, 228 classes, 150x150 crops of 200x200 (the paper's size), batch 32.
 
@@ -33,7 +33,7 @@ from alsa_jax import augment, data, models, train  # noqa: E402
 CASES = {
     # name: (model, classes, stored side, pipeline, pipeline options, batch)
     "cifar": ("resnet18", 10, 32, "cifar", {}, 128),
-    "nabirds_small": ("resnet34", 228, 64, "nabirds", {"crop_size": 48}, 32),
+    "nabirds_small": ("resnet34", 228, 32, "nabirds", {"crop_size": 24}, 32),
     "nabirds": ("resnet34", 228, 200, "nabirds", {"crop_size": 150}, 32),
 }
 

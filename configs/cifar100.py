@@ -13,7 +13,7 @@ degrees on the device. The full run needs a GPU.
 
 Data: TFDS's ``cifar100`` in ``--config.dataset.data_dir`` (prepare it on a machine with
 internet with ``python -m alsa_jax.datasets cifar100 --data_dir DIR``).
-``:small``: 1,000 examples, 3 rounds, 2 initial and 1 fine-tuning epoch, on 2 CPU cores.
+``:small``: 400 examples, 2 rounds, 2 initial and 1 fine-tuning epoch, on 2 CPU cores.
 Cost: not measured yet (full run; small variant).
 """
 

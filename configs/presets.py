@@ -91,24 +91,25 @@ def cpu_lowerings(config: ml_collections.ConfigDict) -> None:
 
 
 def small_cifar(config: ml_collections.ConfigDict) -> None:
-    """The ``small`` variant of the CIFAR configs: 1,000 examples, 3 rounds, 2 initial and
+    """The ``small`` variant of the CIFAR configs: 400 examples, 2 rounds, 2 initial and
     1 fine-tuning epoch, the conv lowerings that are faster on CPU."""
-    config.shift.dataset_cap = 1000
-    config.query.num_batches = 3
+    config.shift.dataset_cap = 400
+    config.query.num_batches = 2
     config.train.initial_epochs = 2
     config.train.partial_epochs = 1
     cpu_lowerings(config)
 
 
 def small_nabirds(config: ml_collections.ConfigDict) -> None:
-    """The ``small`` variant of the NABirds configs: 64x64 stored images cropped to 48,
-    600 examples (300 to test), 2 rounds, 2 initial and 1 fine-tuning epoch, the conv
-    lowerings that are faster on CPU."""
-    config.dataset.image_size = 64
-    config.augment.crop_size = 48
-    config.shift.dataset_cap = 600
-    config.shift.test_size = 300
+    """The ``small`` variant of the NABirds configs: 32x32 stored images cropped to 24,
+    300 examples (150 to test), 2 rounds, 1 initial and 1 fine-tuning epoch, the conv
+    lowerings that are faster on CPU. A check of the code path, too small to learn 228
+    groups."""
+    config.dataset.image_size = 32
+    config.augment.crop_size = 24
+    config.shift.dataset_cap = 300
+    config.shift.test_size = 150
     config.query.num_batches = 2
-    config.train.initial_epochs = 2
+    config.train.initial_epochs = 1
     config.train.partial_epochs = 1
     cpu_lowerings(config)

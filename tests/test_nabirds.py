@@ -228,7 +228,7 @@ def test_nabirds_sizes_are_separate_configs(nabirds_archive):
     assert small.input_shape == (8, 8, 3)
     assert os.path.isdir(os.path.join(data_dir, "nabirds", "8px"))
     assert nabirds.builder_config(200).name == "200px"
-    assert nabirds.builder_config(64) is nabirds.builder_config(64)
+    assert nabirds.builder_config(32) is nabirds.builder_config(32)
 
 
 def test_nabirds_archive_missing_an_image_is_refused(tmp_path):
@@ -259,3 +259,16 @@ def test_bad_nabirds_options(tmp_path):
         data.load_dataset("nabirds", data_dir=str(tmp_path), label_granularity="family")
     with pytest.raises(ValueError, match="dataset.image_size"):
         data.load_dataset("nabirds", data_dir=str(tmp_path), image_size=4)
+
+
+def test_prepare_command(nabirds_archive, tmp_path, capsys):
+    from alsa_jax.datasets.__main__ import main
+
+    data_dir, _ = nabirds_archive
+    assert main(["nabirds", "--data_dir", data_dir, "--image_size", "16", "--offline"]) == 0
+    assert "nabirds is prepared in" in capsys.readouterr().out
+    assert os.path.isfile(os.path.join(data_dir, "nabirds", "16px", "1.0.0", "dataset_info.json"))
+    empty = str(tmp_path / "empty")
+    assert main(["nabirds", "--data_dir", empty, "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: dataset.name='nabirds' is not prepared") and err.count("\n") == 1

@@ -309,7 +309,7 @@ class Nabirds(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Bounding-box crops, square, with child and grand labels."}
     BUILDER_CONFIGS = [
         NabirdsConfig(name="200px", image_size=200, description="The paper's stored size."),
-        NabirdsConfig(name="64px", image_size=64, description="Small images for CPU runs."),
+        NabirdsConfig(name="32px", image_size=32, description="Small images for CPU runs."),
     ]
     DEFAULT_CONFIG_NAME = "200px"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
