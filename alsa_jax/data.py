@@ -223,14 +223,14 @@ def load_npz(*, path: str = "", num_classes: int = 0, **_: object) -> Dataset:
 
 @dataclasses.dataclass(frozen=True)
 class TfdsSpec:
-    """How a TFDS dataset is loaded: its builder name, which feature holds the label,
-    the per-channel mean and std of its pixels in [0, 1], and whether preparing it from
+    """How a TFDS dataset is loaded: its builder's name, the per-channel mean and std of its
+    pixels in [0, 1] (None: the builder's module holds them), and whether preparing it from
     the raw downloads runs TensorFlow (TFDS's own MNIST and CIFAR builders read their files
     with ``tf.io.gfile`` and encode images with ``tf.image``; reading never needs it)."""
 
     builder: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
     prepare_needs_tensorflow: bool
 
 
@@ -250,7 +250,8 @@ TFDS_DATASETS: dict[str, TfdsSpec] = {
         (0.2673342858792401, 0.2564384629170883, 0.27615047132568404),
         True,
     ),
-    "nabirds": TfdsSpec("nabirds", (), (), False),  # filled from alsa_jax.datasets.nabirds
+    # alsa_jax.datasets.nabirds.MEAN / STD, imported with the builder (and TFDS) when needed.
+    "nabirds": TfdsSpec("nabirds", None, None, False),
 }
 
 
