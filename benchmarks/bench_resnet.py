@@ -11,8 +11,9 @@ Cases (stored uint8 batch -> augmentation -> normalisation -> network, as a run 
 
 Training: one SGD step (momentum 0.9, weight decay 5e-4, :func:`alsa_jax.train.make_train_step`)
 after the batch's random augmentation; inference: centre crop + softmax in eval mode, on
-batches of the same size. Each figure is after compilation, timed over at least
-``--seconds`` and at least ``--min-calls`` calls; the compile time of each step is printed too.
+batches of the same size. Each figure is the median over calls after compilation, the
+lowerings timed in alternation for at least ``--seconds`` each and ``--min-calls`` calls;
+the first (compiling) call's seconds are printed too.
 """
 
 from __future__ import annotations
@@ -38,21 +39,8 @@ CASES = {
 }
 
 
-def _rate(fn, images_per_call: int, seconds: float, min_calls: int) -> tuple[float, float]:
-    """(images per second, seconds of the first call, which compiles) of ``fn``."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - start
-    calls, start = 0, time.perf_counter()
-    while True:
-        jax.block_until_ready(fn())
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and calls >= min_calls:
-            return calls * images_per_call / elapsed, first
-
-
-def measure(case: str, impl: str, *, seconds: float, min_calls: int) -> dict[str, float]:
+def _build(case: str, impl: str):
+    """(train_once, infer_once, images per call, input side) for one case and lowering."""
     name, classes, side, pipeline_name, options, batch = CASES[case]
     model = models.create_model(name, classes, conv_impl=impl)
     pipeline = augment.make_pipeline(pipeline_name, **options)
@@ -85,16 +73,37 @@ def measure(case: str, impl: str, *, seconds: float, min_calls: int) -> dict[str
         s = holder["state"]
         return infer({"params": s.params, "batch_stats": s.batch_stats}, stored)
 
-    train_rate, train_compile = _rate(train_once, batch, seconds, min_calls)
-    infer_rate, infer_compile = _rate(infer_once, batch, seconds, min_calls)
-    return {
-        "train": train_rate,
-        "infer": infer_rate,
-        "train_first": train_compile,
-        "infer_first": infer_compile,
-        "input": input_shape[0],
-        "batch": batch,
-    }
+    return train_once, infer_once, batch, input_shape[0]
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def measure(case: str, impls: list[str], *, seconds: float, min_calls: int) -> dict:
+    """Per lowering: median images/s of training and inference, and the first (compiling)
+    call's seconds. The lowerings are timed in alternation, call by call, so that a change
+    in the load of a shared machine hits them alike."""
+    built = {impl: _build(case, impl) for impl in impls}
+    results = {}
+    for kind, index in (("train", 0), ("infer", 1)):
+        first = {impl: _seconds(built[impl][index]) for impl in impls}
+        times: dict[str, list[float]] = {impl: [] for impl in impls}
+        start = time.perf_counter()
+        while min(len(t) for t in times.values()) < min_calls or (
+            time.perf_counter() - start < seconds * len(impls)
+        ):
+            for impl in impls:
+                times[impl].append(_seconds(built[impl][index]))
+        for impl in impls:
+            batch = built[impl][2]
+            entry = results.setdefault(impl, {"input": built[impl][3], "batch": batch})
+            entry[kind] = batch / float(np.median(times[impl]))
+            entry[f"{kind}_first"] = first[impl]
+            entry[f"{kind}_calls"] = len(times[impl])
+    return results
 
 
 def main() -> None:
@@ -112,12 +121,12 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    results: dict[tuple[str, str], dict[str, float]] = {}
+    impls = args.impls.split(",")
     for case in args.cases.split(","):
-        for impl in args.impls.split(","):
-            r = measure(case, impl, seconds=args.seconds, min_calls=args.min_calls)
-            results[(case, impl)] = r
-            base = results.get((case, "xla"))
+        results = measure(case, impls, seconds=args.seconds, min_calls=args.min_calls)
+        base = results.get("xla")
+        for impl in impls:
+            r = results[impl]
             ratios = (
                 (f"{r['train'] / base['train']:>8.2f}", f"{r['infer'] / base['infer']:>8.2f}")
                 if base
