@@ -39,9 +39,10 @@ CASES = {
 }
 
 
-def _build(case: str, impl: str):
+def _build(case: str, impl: str, batch: int | None = None):
     """(train_once, infer_once, images per call, input side) for one case and lowering."""
-    name, classes, side, pipeline_name, options, batch = CASES[case]
+    name, classes, side, pipeline_name, options, case_batch = CASES[case]
+    batch = batch or case_batch
     model = models.create_model(name, classes, conv_impl=impl)
     pipeline = augment.make_pipeline(pipeline_name, **options)
     input_shape = pipeline.output_shape((side, side, 3))
@@ -82,11 +83,13 @@ def _seconds(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(case: str, impls: list[str], *, seconds: float, min_calls: int) -> dict:
+def measure(
+    case: str, impls: list[str], *, seconds: float, min_calls: int, batch: int | None = None
+) -> dict:
     """Per lowering: median images/s of training and inference, and the first (compiling)
     call's seconds. The lowerings are timed in alternation, call by call, so that a change
     in the load of a shared machine hits them alike."""
-    built = {impl: _build(case, impl) for impl in impls}
+    built = {impl: _build(case, impl, batch) for impl in impls}
     results = {}
     for kind, index in (("train", 0), ("infer", 1)):
         first = {impl: _seconds(built[impl][index]) for impl in impls}
@@ -112,6 +115,7 @@ def main() -> None:
     parser.add_argument("--impls", default=",".join(models.CONV_IMPLS))
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--min-calls", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=0, help="override every case's batch")
     args = parser.parse_args()
     print(f"devices: {jax.devices()}  cpu count: {os.cpu_count()}")
     header = (
@@ -123,7 +127,9 @@ def main() -> None:
     print("-" * len(header))
     impls = args.impls.split(",")
     for case in args.cases.split(","):
-        results = measure(case, impls, seconds=args.seconds, min_calls=args.min_calls)
+        results = measure(
+            case, impls, seconds=args.seconds, min_calls=args.min_calls, batch=args.batch or None
+        )
         base = results.get("xla")
         for impl in impls:
             r = results[impl]
