@@ -29,8 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = base.get_config()
     config.dataset.name = "cifar100"
     config.model.name = "resnet18"
-    config.model.conv_impl = "xla"
-    config.model.inference_conv_impl = "xla"
+    presets.resnet_lowerings(config)
     config.augment.name = "cifar"
     presets.paper_training(config)
     config.shift.dataset_cap = 40000

@@ -33,8 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.label_granularity = "grand"
     config.dataset.image_size = 200
     config.model.name = "resnet34"
-    config.model.conv_impl = "xla"
-    config.model.inference_conv_impl = "xla"
+    presets.resnet_lowerings(config)
     config.augment.name = "nabirds"
     config.augment.crop_size = 150
     presets.paper_training(config)

@@ -38,6 +38,9 @@ def test_cifar_configs_have_the_paper_settings():
     for name in ("cifar10", "cifar100"):
         config = _config(name)
         assert (config.dataset.name, config.model.name) == (name, "resnet18")
+        small = _config(name, "small")
+        for c in (config, small):  # XLA's conv is faster for the ResNets on CPU too
+            assert (c.model.conv_impl, c.model.inference_conv_impl) == ("xla", "xla")
         assert config.augment.name == "cifar"
         t = config.train
         assert (t.optimizer, t.schedule, t.batch_size) == ("sgd", "step", 128)
