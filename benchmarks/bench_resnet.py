@@ -140,7 +140,7 @@ def main() -> None:
             )
             print(
                 f"{case:<15}{CASES[case][0]:<10}{r['input']:>7}{r['batch']:>7}{impl:>16}"
-                f"{r['train']:>13.1f}{ratios[0]}{r['infer']:>13.1f}{ratios[1]}"
+                f"{r['train']:>13.2f}{ratios[0]}{r['infer']:>13.2f}{ratios[1]}"
                 f"{r['train_first']:>13.1f}{r['infer_first']:>13.1f}",
                 flush=True,
             )
