@@ -39,6 +39,7 @@ from flax import linen as nn
 import alsa_jax
 from alsa_jax import (
     acquisition,
+    augment,
     data,
     label_shift,
     malls,
@@ -95,6 +96,11 @@ class DatasetOptions:
     num_classes: int
     test_fraction: float
     split_seed: int
+    data_dir: str
+    manual_dir: str
+    download: bool
+    label_granularity: str
+    image_size: int
 
     def __post_init__(self) -> None:
         _checked("dataset", lambda: validation.check_choice("name", self.name, data.DATASETS))
@@ -118,6 +124,51 @@ class ModelOptions:
             _checked(
                 "model", lambda f=field, v=value: validation.check_choice(f, v, models.CONV_IMPLS)
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentOptions:
+    """``augment.*``: the batch augmentation on the device (:data:`alsa_jax.augment.PIPELINES`);
+    each pipeline reads the fields it takes (:func:`alsa_jax.augment.pipeline_options`)."""
+
+    name: str
+    crop_size: int
+    padding: int
+    rotation_degrees: float
+    horizontal_flip: bool
+
+    def __post_init__(self) -> None:
+        _checked("augment", self.pipeline)
+
+    def pipeline_options(self) -> tuple[tuple[str, Any], ...]:
+        return tuple((k, getattr(self, k)) for k in augment.pipeline_options(self.name))
+
+    def pipeline(self) -> augment.Pipeline:
+        return augment.make_pipeline(self.name, **dict(self.pipeline_options()))
+
+
+@dataclasses.dataclass(frozen=True)
+class InputTransform:
+    """Stored examples to network inputs on the device: the augmentation (for training) or
+    its evaluation transform, then :func:`alsa_jax.data.normalize` with the dataset's
+    per-channel ``mean`` and ``std``. Hashable by value, so jitted functions that take it as
+    a static argument compile once per transform, not once per experiment."""
+
+    augment: str
+    options: tuple[tuple[str, Any], ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def pipeline(self) -> augment.Pipeline:
+        return augment.make_pipeline(self.augment, **dict(self.options))
+
+    def train(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        """A training batch: augmented with ``key``, then normalised."""
+        return data.normalize(self.pipeline().train_fn(key, x), self.mean, self.std)
+
+    def eval(self, x: jax.Array) -> jax.Array:
+        """A prediction batch: the evaluation transform (e.g. the centre crop), normalised."""
+        return data.normalize(self.pipeline().eval_fn(x), self.mean, self.std)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,6 +368,7 @@ class TrainOptions:
 _SECTIONS: dict[str, type] = {
     "dataset": DatasetOptions,
     "model": ModelOptions,
+    "augment": AugmentOptions,
     "shift": ShiftOptions,
     "label_shift": LabelShiftOptions,
     "query": QueryOptions,
@@ -335,6 +387,7 @@ class Options:
     seed: int
     dataset: DatasetOptions
     model: ModelOptions
+    augment: AugmentOptions
     shift: ShiftOptions
     label_shift: LabelShiftOptions
     query: QueryOptions
@@ -418,12 +471,14 @@ def h0_key(options: Options) -> dict[str, Any]:
 class Experiment:
     """Arrays on the device, the model and its jitted steps, the budget.
 
-    Examples are stored once (``images``: the train rows, then the test rows) and every
-    split points into the store by row index, so a resampled example held in several slots
-    is not copied. ``source_rows`` [n]: the warm start, holdout and pool rows of
-    :func:`alsa_jax.pool.from_splits` (padding points at row 0, masked out everywhere);
-    ``target_rows`` [m] with ``target_valid``: the unlabeled target sample (its labels only
-    for the oracle and the weight errors); ``test_rows`` [t] with ``test_valid``.
+    Examples are stored once, as the dataset holds them (uint8 images stay uint8:
+    ``train_images`` and ``test_images``), and every split points into a store by row index,
+    so a resampled example held in several slots is not copied; batches are gathered,
+    augmented and normalised on the device (``transform``). ``source_rows`` [n]: the train
+    rows of the warm start, holdout and pool slots of :func:`alsa_jax.pool.from_splits`
+    (padding points at row 0, masked out everywhere); ``target_rows`` [m] with
+    ``target_valid``: the test rows of the unlabeled target sample (its labels only for the
+    oracle and the weight errors); ``test_rows`` [t] with ``test_valid``.
     """
 
     options: Options
@@ -435,8 +490,9 @@ class Experiment:
     tx: optax.GradientTransformation
     train_step: Callable[..., Any]
     committee_step: Callable[..., Any] | None  # all committee members in one vmapped step
-    images: jax.Array
-    labels: jax.Array
+    transform: InputTransform | None  # None: the stored examples are the network's input
+    train_images: jax.Array
+    test_images: jax.Array
     source_rows: jax.Array
     source_y: jax.Array
     target_rows: jax.Array
@@ -508,39 +564,60 @@ def setup(options: Options, *, dataset: data.Dataset | None = None) -> Experimen
     if "conv_impl" in models.MODELS[options.model.name].__dataclass_fields__:
         inference_model = model.clone(conv_impl=options.model.inference_conv_impl)
     tx = options.train.optimizer_transform()
-    n_train = dataset.train_x.shape[0]
-    images = jnp.asarray(np.concatenate([dataset.train_x, dataset.test_x]))
-    labels = jnp.asarray(np.concatenate([dataset.train_y, dataset.test_y]).astype(np.int32))
-    target_rows = jnp.asarray(splits.target.indices, jnp.int32) + n_train
-    test_rows = jnp.asarray(splits.test.indices, jnp.int32) + n_train
-    source_rows = jnp.asarray(source_index, jnp.int32)
+    transform = input_transform(options.augment, dataset)
+    input_fn = None if transform is None else transform.train
+    input_shape = options.augment.pipeline().output_shape(dataset.input_shape)
+    target_rows = np.asarray(splits.target.indices, np.int32)
+    test_rows = np.asarray(splits.test.indices, np.int32)
+    test_y = np.asarray(dataset.test_y, np.int32)
     return Experiment(
         options=options,
         num_classes=k,
         class_names=tuple(dataset.class_names),
-        input_shape=dataset.input_shape,
+        input_shape=input_shape,
         model=model,
         inference_model=inference_model,
         tx=tx,
-        train_step=train.make_train_step(model, tx),
+        train_step=train.make_train_step(model, tx, input_fn=input_fn),
         committee_step=(
-            train.make_ensemble_train_step(model, tx, q.committee_size)
+            train.make_ensemble_train_step(model, tx, q.committee_size, input_fn=input_fn)
             if q.strategy == "qbc"
             else None
         ),
-        images=images,
-        labels=labels,
-        source_rows=source_rows,
-        source_y=labels[source_rows],
-        target_rows=target_rows,
-        target_y=labels[target_rows],
+        transform=transform,
+        train_images=jnp.asarray(dataset.train_x),
+        test_images=jnp.asarray(dataset.test_x),
+        source_rows=jnp.asarray(source_index, jnp.int32),
+        source_y=jnp.asarray(np.asarray(dataset.train_y, np.int32)[np.asarray(source_index)]),
+        target_rows=jnp.asarray(target_rows),
+        target_y=jnp.asarray(test_y[target_rows]),
         target_valid=jnp.asarray(splits.target.valid),
-        test_rows=test_rows,
-        test_y=labels[test_rows],
+        test_rows=jnp.asarray(test_rows),
+        test_y=jnp.asarray(test_y[test_rows]),
         test_valid=jnp.asarray(splits.test.valid),
         initial_pool=pool_state,
         budget=budget,
         use_holdout=bool(np.any(np.asarray(pool_state.holdout))),
+    )
+
+
+def input_transform(
+    augment_options: AugmentOptions, dataset: data.Dataset
+) -> InputTransform | None:
+    """The device-side transform of ``dataset``'s stored examples, or None where the stored
+    floats are the network's input already (no augmentation, mean 0, std 1)."""
+    if (
+        augment_options.name == "none"
+        and np.issubdtype(dataset.train_x.dtype, np.floating)
+        and all(m == 0 for m in dataset.mean)
+        and all(s == 1 for s in dataset.std)
+    ):
+        return None
+    return InputTransform(
+        augment=augment_options.name,
+        options=augment_options.pipeline_options(),
+        mean=tuple(float(m) for m in dataset.mean),
+        std=tuple(float(s) for s in dataset.std),
     )
 
 
@@ -611,18 +688,31 @@ def class_weights(exp: Experiment, state: malls.RoundState) -> jax.Array:
     )
 
 
+def _eval_input(exp: Experiment) -> Callable[[jax.Array], jax.Array] | None:
+    return None if exp.transform is None else exp.transform.eval
+
+
 def predict(exp: Experiment, network: train.TrainState) -> Predictions:
     """One prediction pass over the source rows, the target sample and the test split."""
-    rows = jnp.concatenate([exp.source_rows, exp.target_rows, exp.test_rows])
-    probs = train.predict_probs(
+    batch_size = exp.options.train.eval_batch_size
+    source = train.predict_probs(
         exp.inference_model,
         network,
-        exp.images,
-        index=rows,
-        batch_size=exp.options.train.eval_batch_size,
+        exp.train_images,
+        index=exp.source_rows,
+        batch_size=batch_size,
+        input_fn=_eval_input(exp),
     )
-    n, m = exp.source_rows.shape[0], exp.target_rows.shape[0]
-    return Predictions(source=probs[:n], target=probs[n : n + m], test=probs[n + m :])
+    held = train.predict_probs(
+        exp.inference_model,
+        network,
+        exp.test_images,
+        index=jnp.concatenate([exp.target_rows, exp.test_rows]),
+        batch_size=batch_size,
+        input_fn=_eval_input(exp),
+    )
+    m = exp.target_rows.shape[0]
+    return Predictions(source=source, target=held[:m], test=held[m:])
 
 
 def estimate(exp: Experiment, state: malls.RoundState, preds: Predictions) -> malls.WeightEstimate:
@@ -684,7 +774,7 @@ def fit(
     trained, _ = train.fit(
         fresh,
         exp.committee_step if committee else exp.train_step,
-        exp.images,
+        exp.train_images,
         exp.source_y,
         example_weight,
         rows,
@@ -761,20 +851,22 @@ def query(
         mc_probs = train.ensemble_probs(
             exp.inference_model,
             state.committee,
-            exp.images,
+            exp.train_images,
             index=exp.source_rows,
             batch_size=eval_batch,
+            input_fn=_eval_input(exp),
         )
     elif q.strategy in acquisition.NEEDS_MC:
         mc_key, key = jax.random.split(key)
         mc_probs = train.mc_dropout_probs(
             exp.inference_model,
             state.train,
-            exp.images,
+            exp.train_images,
             mc_key,
             index=exp.source_rows,
             num_samples=q.mc_samples,
             batch_size=eval_batch,
+            input_fn=_eval_input(exp),
         )
     if ls.corrects_scores and mc_probs is not None:  # every pass / member: [s, n, k]
         mc_probs = label_shift.posterior_correction(mc_probs, weights)

@@ -19,8 +19,7 @@ def _config(name, arg=None):
 @pytest.mark.parametrize("arg", [None, "small", "small,dirichlet_online_3.0"])
 def test_configs_hold_only_known_fields_and_pass_the_checks(name, arg):
     config = _config(name, arg)
-    replicate.check_known_fields(config)
-    replicate.check_config(config)
+    replicate.options_of(config)  # every field known and valid
     assert config.dataset.name in data.DATASETS
     assert config.model.name in models.MODELS
     pipeline = augment.make_pipeline(

@@ -106,24 +106,29 @@ def test_h0_key_ignores_what_h0_does_not_depend_on():
 
 def test_examples_are_stored_once_and_rows_point_into_them(built):
     exp, _, _ = built
-    n_store = exp.images.shape[0]
-    assert exp.source_rows.shape[0] > 0 and int(exp.source_rows.max()) < n_store
-    np.testing.assert_array_equal(exp.source_y, np.asarray(exp.labels)[exp.source_index])
+    from alsa_jax import data
+
+    dataset = data.load_dataset("digits")
+    np.testing.assert_array_equal(exp.train_images, dataset.train_x)
+    np.testing.assert_array_equal(exp.test_images, dataset.test_x)
+    np.testing.assert_array_equal(exp.source_y, dataset.train_y[exp.source_index])
     # The target sample and the test split are test rows, disjoint from each other.
     target = set(np.asarray(exp.target_rows)[np.asarray(exp.target_valid)].tolist())
     test = set(np.asarray(exp.test_rows)[np.asarray(exp.test_valid)].tolist())
     assert target and test and not target & test
+    np.testing.assert_array_equal(exp.test_y, dataset.test_y[np.asarray(exp.test_rows)])
+    assert exp.transform is None  # digits are float, unaugmented: used as stored
 
 
 def test_one_prediction_pass_equals_separate_predictions(built):
     exp, state, preds = built
-    for rows, probs in (
-        (exp.source_rows, preds.source),
-        (exp.target_rows, preds.target),
-        (exp.test_rows, preds.test),
+    for store, rows, probs in (
+        (exp.train_images, exp.source_rows, preds.source),
+        (exp.test_images, exp.target_rows, preds.target),
+        (exp.test_images, exp.test_rows, preds.test),
     ):
         separate = train.predict_probs(
-            exp.inference_model, state.train, np.asarray(exp.images)[np.asarray(rows)]
+            exp.inference_model, state.train, np.asarray(store)[np.asarray(rows)]
         )
         np.testing.assert_allclose(probs, separate, rtol=1e-5, atol=1e-6)
 
@@ -134,11 +139,14 @@ def test_committee_probabilities_in_one_pass_equal_each_member(built):
         jax.random.PRNGKey(1), exp.model, exp.tx, exp.input_shape, 3
     )
     together = train.ensemble_probs(
-        exp.inference_model, committee, exp.images, index=exp.source_rows[:50]
+        exp.inference_model, committee, exp.train_images, index=exp.source_rows[:50]
     )
     for i in range(3):
         alone = train.predict_probs(
-            exp.inference_model, train.member(committee, i), exp.images, index=exp.source_rows[:50]
+            exp.inference_model,
+            train.member(committee, i),
+            exp.train_images,
+            index=exp.source_rows[:50],
         )
         np.testing.assert_allclose(together[i], alone, rtol=1e-5, atol=1e-6)
 
