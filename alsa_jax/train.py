@@ -342,6 +342,7 @@ def fit(
     batch_size: int,
     lr_fn: Callable[[float], float],
     start_epoch: int = 0,
+    on_step: Callable[[int], None] | None = None,
 ) -> tuple[TrainState, dict[str, list[float]]]:
     """Train for ``epochs`` epochs on the rows of the fixed arrays where ``rows`` is True.
 
@@ -352,6 +353,10 @@ def fit(
     from ``data_x [n, ...]``, ``data_y [n]`` and ``example_weight [n]``; the step always
     sees ``[batch_size]`` shapes, so any number of rows reuses one compile. Deterministic
     given ``key``.
+
+    ``on_step(examples)``, when given, is called after each step is dispatched with the
+    number of real (unmasked) examples in its batch, a host-side count: it never waits
+    for the device (e.g. :meth:`alsa_jax.progress.Phase.step`).
 
     Returns the trained state and per-epoch history ``{"loss": [...], "accuracy": [...]}``
     (means over the epoch's real rows).
@@ -397,6 +402,8 @@ def fit(
             lr = float(lr_fn(epoch + step / steps_per_epoch))
             state, metrics = train_step(state, x, y, w, mask, lr, step_key)
             step_metrics.append(metrics)
+            if on_step is not None:
+                on_step(min(batch_size, count - step * batch_size))
         # One transfer per epoch; the steps above are dispatched without waiting.
         fetched = jax.device_get(step_metrics)
         counts = np.array([m["count"] for m in fetched], np.float64)
