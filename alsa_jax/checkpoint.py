@@ -25,6 +25,8 @@ import secrets
 import shutil
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -198,6 +200,15 @@ def _orbax_failures_as_one_line() -> Iterator[None]:
             logger.removeFilter(quiet)
 
 
+def _join_orbax_threads(timeout: float = 60.0) -> None:
+    """Wait for Orbax's writer threads: a failed save raises before all of them end."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and type(thread).__module__.startswith(
+            "orbax."
+        ):
+            thread.join(timeout)
+
+
 # ---------------------------------------------------------------------------------------
 # Small files written whole.
 
@@ -262,14 +273,18 @@ class RoundCheckpointer:
         """
         try:
             with _orbax_failures_as_one_line():
-                self._manager.save(
-                    round_index,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardSave(state),
-                        history=ocp.args.JsonSave(_json_round_trip(history)),
-                    ),
-                )
-                self._manager.wait_until_finished()
+                try:
+                    self._manager.save(
+                        round_index,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardSave(state),
+                            history=ocp.args.JsonSave(_json_round_trip(history)),
+                        ),
+                    )
+                    self._manager.wait_until_finished()
+                except Exception:
+                    _join_orbax_threads()  # the other writes of this save, still failing
+                    raise
         except Exception as error:
             if not _is_storage_failure(error):
                 raise
@@ -283,11 +298,23 @@ class RoundCheckpointer:
             ) from None
 
     def _discard_unfinished(self, round_index: int) -> None:
+        """Remove what a failed save of ``round_index`` wrote (best effort).
+
+        TensorStore may still finish a write into it for a moment after the failure;
+        whatever remains is removed when a checkpointer next opens the directory.
+        """
         prefix = f"{round_index}.orbax-checkpoint-tmp"
-        with contextlib.suppress(OSError):
-            for name in os.listdir(self.directory):
-                if name.startswith(prefix):
-                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        for attempt in range(10):
+            try:
+                left = [n for n in os.listdir(self.directory) if n.startswith(prefix)]
+            except OSError:
+                return
+            if not left:
+                return
+            if attempt:
+                time.sleep(0.1)
+            for name in left:
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def restore(self, round_index: int, like: Any) -> tuple[Any, list[dict]]:
         """Restore round ``round_index`` into the structure of ``like`` (a state pytree)."""
@@ -416,8 +443,12 @@ def save_h0(cache_dir: str, key: dict, state: Any) -> str:
         ) from None
     try:
         with _orbax_failures_as_one_line(), ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(os.path.join(staging, "state"), state)
-            checkpointer.wait_until_finished()
+            try:
+                checkpointer.save(os.path.join(staging, "state"), state)
+                checkpointer.wait_until_finished()
+            except Exception:
+                _join_orbax_threads()
+                raise
         atomic_write_text(os.path.join(staging, "key.json"), json.dumps(key, indent=2, default=str))
     except Exception as error:
         shutil.rmtree(staging, ignore_errors=True)

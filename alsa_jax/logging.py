@@ -25,10 +25,11 @@ import math
 import os
 import re
 import struct
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from alsa_jax.checkpoint import atomic_write_text
+from alsa_jax.checkpoint import WriteError, atomic_write_text
 
 # ---------------------------------------------------------------------------------------
 # results.csv and results.json
@@ -361,47 +362,68 @@ class RunWriter:
                 self._has_hparams |= value.tag == _HPARAMS_TAG
         self._writer = None
 
-    def _file_writer(self):
+    def _events_writer(self) -> Any:
         if self._writer is None:
-            from tensorboardX import FileWriter
+            from tensorboardX.event_file_writer import EventsWriter
 
+            os.makedirs(self.logdir, exist_ok=True)
             # A numbered suffix: two writers opened within one second get distinct files,
             # in the order TensorBoard reads them.
             suffix = f".{len(event_files(self.logdir)):04d}"
-            self._writer = FileWriter(self.logdir, filename_suffix=suffix)
+            self._writer = EventsWriter(os.path.join(self.logdir, "events"), suffix)
         return self._writer
 
     def write(self, record: Mapping[str, Any]) -> int:
         """Write the round ``record``'s scalars (:func:`scalar_tags`) that are missing.
 
         The first write also adds the custom-scalars layout and the hyperparameters if
-        the run's events do not hold them yet. Returns the number of scalars written.
+        the run's events do not hold them yet. The events are on disk (flushed and
+        synced) when it returns; a write the file system refuses raises
+        :class:`alsa_jax.checkpoint.WriteError`, and what it did not write is written by
+        a later call. Returns the number of scalars written.
         """
         from tensorboardX import summary
+        from tensorboardX.proto.event_pb2 import Event
 
         pending = [s for s in scalar_tags(record, self._class_names) if s[:2] not in self._written]
+        summaries = []
         if not self._has_layout:
             k = len(record.get("weights") or record.get("per_class_accuracy") or [])
-            self._file_writer().add_summary(summary.custom_scalars(_layout(k, self._class_names)))
-            self._has_layout = True
+            summaries.append((summary.custom_scalars(_layout(k, self._class_names)), 0))
         if self._hparams is not None and not self._has_hparams:
             metrics = {f"{BY_ROUND}/{name}": 0.0 for name in (*HEADLINE, "labels_paid")}
             experiment, session_start, _ = summary.hparams(self._hparams, metrics)
-            self._file_writer().add_summary(experiment)
-            self._file_writer().add_summary(session_start)
-            self._has_hparams = True
-        for tag, step, value in pending:
-            self._file_writer().add_summary(summary.scalar(tag, value), global_step=step)
-            self._written.add((tag, step))
-        if self._writer is not None:
-            self._writer.flush()
+            summaries += [(experiment, 0), (session_start, 0)]
+        summaries += [(summary.scalar(tag, value), step) for tag, step, value in pending]
+        if not summaries:
+            return 0
+        now = time.time()
+        try:
+            writer = self._events_writer()
+            for proto, step in summaries:
+                writer.write_event(Event(wall_time=now, step=step, summary=proto))
+            writer.flush()
+        except OSError as error:
+            self.close()  # the next writer starts a new file after the intact records
+            raise WriteError(
+                f"could not write TensorBoard events in {self.logdir}: "
+                f"{os.strerror(error.errno) if error.errno else error}",
+                error.errno,
+            ) from None
+        self._has_layout = True
+        self._has_hparams |= self._hparams is not None
+        self._written.update(s[:2] for s in pending)
         return len(pending)
 
     def close(self) -> None:
-        """Flush and close the event file (if one was opened)."""
+        """Close the event file (if one was opened); a file system error here is ignored,
+        since every :meth:`write` already flushed what it wrote."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+            except OSError:
+                pass
 
 
 class ScalarWriter(RunWriter):

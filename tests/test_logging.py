@@ -1,6 +1,8 @@
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import pytest
@@ -334,3 +336,49 @@ def test_tensorboard_reads_the_run(tmp_path):
     plugins = accumulator.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in plugins
     assert "custom_scalars__config__" in accumulator.PluginTagToContent("custom_scalars")
+
+
+_REFUSED_EVENTS_SCRIPT = """
+import json, os, resource, signal, sys
+from alsa_jax import checkpoint
+from alsa_jax import logging as results_log
+from tests.test_logging import _record
+workdir = sys.argv[1]
+writer = results_log.RunWriter(workdir, run_name="run", hparams={"method": "m"})
+writer.write(_record(0))
+(path,) = results_log.event_files(writer.logdir)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(path) + 100, resource.RLIM_INFINITY))
+out = {}
+try:
+    writer.write(_record(1))
+except checkpoint.WriteError as error:
+    out["message"] = str(error)
+writer.close()
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+again = results_log.RunWriter(workdir, run_name="run", hparams={"method": "m"})
+again.write(_record(0))
+again.write(_record(1))
+again.close()
+print(json.dumps(out))
+"""
+
+
+def test_a_refused_event_write_is_one_line_and_written_later(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", _REFUSED_EVENTS_SCRIPT, str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    message = json.loads(done.stdout.strip().splitlines()[-1])["message"]
+    logdir = tmp_path / "tensorboard" / "run"
+    assert message == f"could not write TensorBoard events in {logdir}: File too large"
+    steps = _steps_per_tag(str(logdir))
+    assert steps["by_round/accuracy"] == [0, 1]
+    for tag, tag_steps in steps.items():
+        assert len(tag_steps) == len(set(tag_steps)), tag
