@@ -87,20 +87,26 @@ def read_results(workdir: str) -> dict[str, Any]:
 # Run names and hyperparameters from the config.
 
 
+def _diversify(query: Mapping[str, Any]) -> str:
+    """``query.diversify``, with ``medial``'s lambda (0.5 when unset): ``medial0.25``."""
+    diversify = query.get("diversify", "none")
+    if diversify == "medial":
+        lam = query.get("medial_lambda")
+        return f"medial{0.5 if lam is None else float(lam):g}"
+    return diversify
+
+
 def method_name(config: Mapping[str, Any]) -> str:
     """The method as ``<estimator>-<strategy>[-<diversify>]``, e.g. ``rlls-maxent-guess``.
 
-    ``config`` is the config as a dict (``ConfigDict.to_dict()``). A set
-    ``query.medial_lambda`` stands in for ``query.diversify`` (``-lambda0.5``); ``none``
-    diversification is left out.
+    ``config`` is the config as a dict (``ConfigDict.to_dict()``). ``medial``
+    diversification carries its lambda (``-medial0.25``; 0.5 when
+    ``query.medial_lambda`` is unset); ``none`` is left out.
     """
-    estimator = config["label_shift"]["estimator"]
     query = config["query"]
-    parts = [estimator, query["strategy"]]
-    if query.get("medial_lambda") is not None:
-        parts.append(f"lambda{float(query['medial_lambda']):g}")
-    elif query.get("diversify", "none") != "none":
-        parts.append(query["diversify"])
+    parts = [config["label_shift"]["estimator"], query["strategy"]]
+    if _diversify(query) != "none":
+        parts.append(_diversify(query))
     return "-".join(parts)
 
 
@@ -128,14 +134,11 @@ def hparams(config: Mapping[str, Any]) -> dict[str, str | float | bool]:
     (``shift``, ``alpha``), ``seed``, ``dataset`` and ``model``.
     """
     ls, query = config["label_shift"], config["query"]
-    diversify = query.get("diversify", "none")
-    if query.get("medial_lambda") is not None:
-        diversify = f"lambda={float(query['medial_lambda']):g}"
     return {
         "method": method_name(config),
         "estimator": ls["estimator"],
         "strategy": query["strategy"],
-        "diversify": diversify,
+        "diversify": _diversify(query),
         "importance_weighting": bool(ls["importance_weighting"]),
         "iterative": bool(ls["iterative"]),
         "posterior_correction_scoring": bool(ls["posterior_correction_scoring"]),

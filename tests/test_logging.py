@@ -103,14 +103,16 @@ def test_run_name_and_hparams_of_the_digits_config():
     assert hp["importance_weighting"] is True and hp["posterior_correction_eval"] is False
     assert all(isinstance(v, (str, float, bool)) for v in hp.values())
 
-    config["query"].update(strategy="bald_vote", medial_lambda=0.5)
+    config["query"].update(strategy="bald_vote", diversify="medial", medial_lambda=0.25)
     config["label_shift"]["estimator"] = "none"
     config["seed"] = 3
     assert (
-        results_log.run_name(config) == "none-bald_vote-lambda0.5_dirichlet_target-alpha0.6_seed3"
+        results_log.run_name(config) == "none-bald_vote-medial0.25_dirichlet_target-alpha0.6_seed3"
     )
-    assert results_log.hparams(config)["diversify"] == "lambda=0.5"
-    config["query"].update(medial_lambda=None, diversify="none")
+    assert results_log.hparams(config)["diversify"] == "medial0.25"
+    config["query"]["medial_lambda"] = None  # medial's default lambda
+    assert results_log.method_name(config) == "none-bald_vote-medial0.5"
+    config["query"].update(diversify="none", medial_lambda=0.25)  # lambda only for medial
     assert results_log.method_name(config) == "none-bald_vote"
 
 
