@@ -201,12 +201,17 @@ def _orbax_failures_as_one_line() -> Iterator[None]:
 
 
 def _join_orbax_threads(timeout: float = 60.0) -> None:
-    """Wait for Orbax's writer threads: a failed save raises before all of them end."""
+    """Wait for Orbax's writer threads: a failed save raises before all of them end.
+
+    Orbax's threads re-raise their own failure from ``join``; the caller already holds
+    the first one.
+    """
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and type(thread).__module__.startswith(
             "orbax."
         ):
-            thread.join(timeout)
+            with contextlib.suppress(Exception):
+                thread.join(timeout)
 
 
 # ---------------------------------------------------------------------------------------
@@ -255,9 +260,10 @@ class RoundCheckpointer:
             enable_async_checkpointing=False,
             cleanup_tmp_directories=True,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "history")
-        )
+        with _orbax_failures_as_one_line():  # a damaged step's metadata is reported later
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=("state", "history")
+            )
 
     def latest_round(self) -> int | None:
         """The newest complete round saved, or None (its files are not read)."""
@@ -339,7 +345,8 @@ class RoundCheckpointer:
         no checkpoint at all; :class:`CorruptCheckpointError` (one line) when there are
         checkpoints and none restores (then nothing is deleted).
         """
-        rounds = sorted(self._manager.all_steps(), reverse=True)
+        with _orbax_failures_as_one_line():
+            rounds = sorted(self._manager.all_steps(), reverse=True)
         if not rounds:
             return None
         skipped: list[tuple[int, str]] = []

@@ -73,11 +73,15 @@ def reference(tmp_path_factory, env):
 
 
 def assert_no_repeated_step(workdir):
-    scalars = results_log.read_scalars(str(workdir / "tensorboard"))
-    assert scalars
-    for tag, points in scalars.items():
-        steps = [s for s, _ in points]
-        assert len(steps) == len(set(steps)), (tag, steps)
+    """Every TensorBoard event directory of the run holds each (tag, step) once."""
+    logdirs = [
+        root for root, _, _ in os.walk(workdir / "tensorboard") if results_log.event_files(root)
+    ]
+    assert logdirs
+    for logdir in logdirs:
+        for tag, points in results_log.read_scalars(logdir).items():
+            steps = [s for s, _ in points]
+            assert len(steps) == len(set(steps)), (logdir, tag, steps)
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,7 +218,7 @@ def test_corrupt_newest_checkpoint_resumes_from_the_one_before(reference, tmp_pa
     last = SMALL["query.num_batches"]
     assert sorted(os.listdir(copy / "checkpoints")) == [str(last - 1), str(last)]
     _truncate_all(copy / "checkpoints" / str(last))  # as a crash in the middle of a write
-    done = run_to_end(copy, tmp_path / "h0_cache", env)
+    done = run_to_end(copy, workdir.parent / "h0_cache", env)  # the same config
     assert done.returncode == 0, done.stderr[-3000:]
     said = [
         line
@@ -237,7 +241,7 @@ def test_no_checkpoint_restores_is_one_line(reference, tmp_path, env):
     for name in os.listdir(copy / "checkpoints"):
         _truncate_all(copy / "checkpoints" / name)
     before = sorted(os.listdir(copy / "checkpoints"))
-    done = run_to_end(copy, tmp_path / "h0_cache", env)
+    done = run_to_end(copy, workdir.parent / "h0_cache", env)  # the same config
     assert done.returncode == 2, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no checkpoint" in lines[0], done.stderr[-3000:]
