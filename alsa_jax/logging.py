@@ -324,8 +324,9 @@ class RunWriter:
 
     ``run_name``: the event directory's name, which TensorBoard shows as the run (see
     :func:`run_name`); ``hparams``: the run's hyperparameters for the HParams dashboard
-    (see :func:`hparams`; written once, with the headline ``by_round`` tags as its
-    metrics); ``class_names``: per-class tags say ``<index>_<name>`` when given.
+    (see :func:`hparams`; written once; the dashboard's metrics are the run's scalar
+    tags, the headline ``by_labels_paid`` ones first); ``class_names``: per-class tags
+    say ``<index>_<name>`` when given.
 
     On opening, the writer reads what the directory's event files hold; :meth:`write`
     then writes only the (tag, step) pairs that are missing, so a resumed run may write
@@ -394,9 +395,11 @@ class RunWriter:
             k = len(record.get("weights") or record.get("per_class_accuracy") or [])
             summaries.append((summary.custom_scalars(_layout(k, self._class_names)), 0))
         if self._hparams is not None and not self._has_hparams:
-            metrics = {f"{BY_ROUND}/{name}": 0.0 for name in (*HEADLINE, "labels_paid")}
-            experiment, session_start, _ = summary.hparams(self._hparams, metrics)
-            summaries += [(experiment, 0), (session_start, 0)]
+            # The session's hyperparameters only: with no experiment summary, TensorBoard
+            # builds the dashboard from every run's, listing first the hyperparameters whose
+            # values differ between runs, each with its values as filters.
+            _, session_start, _ = summary.hparams(self._hparams, {})
+            summaries.append((session_start, 0))
         summaries += [(summary.scalar(tag, value), step) for tag, step, value in pending]
         if not summaries:
             return 0

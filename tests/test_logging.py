@@ -230,14 +230,7 @@ def test_run_writer_events(tmp_path):
     assert start["shift"].string_value == "dirichlet_target"
     assert start["alpha"].number_value == pytest.approx(0.6)
     assert start["seed"].number_value == 0.0
-    experiment = hp["_hparams_/experiment"].experiment
-    assert [m.name.tag for m in experiment.metric_infos] == [
-        "by_round/accuracy",
-        "by_round/average_class_accuracy",
-        "by_round/f1_macro",
-        "by_round/weight_l2_error",
-        "by_round/labels_paid",
-    ]
+    assert set(hp) == {"_hparams_/session_start_info"}  # TensorBoard derives the rest
     layout = _layout_of(str(logdir))
     assert [c.title for c in layout.category] == [
         "MALLS: headline against labels paid",
