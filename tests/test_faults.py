@@ -120,7 +120,7 @@ class KilledRun:
             return -1
 
     def kill(self, moment: str, rng: random.Random) -> str:
-        """Start the run and SIGKILL it at ``moment``; returns where, or ``finished``.
+        """Start the run and SIGKILL it at ``moment``; returns where it struck.
 
         ``h0``: a random time into the initial phase (h0 training, round 0's estimate and
         evaluation, the h0 cache and round 0 checkpoint writes); ``round``: a random time
@@ -145,6 +145,7 @@ class KilledRun:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and not trigger():
             time.sleep(self.POLL)
+        writes = sorted(name for name, _ in self._writes() - before_writes)
         time.sleep(rng.uniform(0, delay))
         finished = proc.poll() is not None
         proc.send_signal(signal.SIGKILL)
@@ -152,9 +153,17 @@ class KilledRun:
         stderr = proc.stderr.read().decode()
         if finished:
             assert proc.returncode == 0, stderr[-3000:]
-            where = "finished"
+            where = "finished before the kill"
+        elif moment == "write":
+            where = "in the write of " + ", ".join(
+                "h0 to the cache" if n.startswith(".h0-") else f"checkpoint {n.split('.')[0]}"
+                for n in writes
+            )
         else:
-            where = f"{moment} (after round {self._latest()})"
+            last = self._latest()
+            where = f"in {moment}, " + (
+                "before checkpoint 0" if last < 0 else f"after checkpoint {last}"
+            )
         self.kills.append(where)
         return where
 
@@ -170,7 +179,7 @@ def test_three_kills_then_identical_results(reference, tmp_path, env):
     rng = random.Random(0)
     for moment in ("h0", "write", "round"):
         run.kill(moment, rng)
-    assert "finished" not in run.kills, run.kills
+    assert not any(k.startswith("finished") for k in run.kills), run.kills
     assert run.finish() == expected, run.kills
     assert_no_repeated_step(run.workdir)
 
@@ -189,7 +198,7 @@ def test_soak_twenty_kills(reference, tmp_path, env):
         survived = run.finish() == expected
         assert_no_repeated_step(run.workdir)
         report.append((run.kills, survived))
-    kills = sum(1 for kills, _ in report for k in kills if k != "finished")
+    kills = sum(1 for kills, _ in report for k in kills if not k.startswith("finished"))
     print(f"\nsoak: {kills} kills in 20 attempts; runs identical: {[s for _, s in report]}")
     for kills_of_chain, _ in report:
         print("  " + "; ".join(kills_of_chain))
