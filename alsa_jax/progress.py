@@ -1,7 +1,9 @@
 """Live progress of a run's long phases (h0, each round's fine-tuning), through rich.
 
     display = Progress("auto")
-    with display.phase("fine-tune round 3", epochs=5, examples_per_epoch=1600) as p:
+    with display.phase(
+        "fine-tune round 3", epochs=5, examples_per_epoch=1600, steps_per_epoch=25
+    ) as p:
         train.fit(..., on_step=p.step)
 
 In a terminal the phase shows as one live line: its name, a bar, the epoch, examples
@@ -115,7 +117,7 @@ class Progress:
             yield Phase(steps_per_epoch=int(steps_per_epoch or 0) if show_epoch else 0)
             return
         columns = [
-            rich_progress.TextColumn("[bold]{task.description}"),
+            rich_progress.TextColumn("{task.description}", style="bold", markup=False),
             rich_progress.BarColumn(bar_width=30),
             rich_progress.TaskProgressColumn(),
         ]

@@ -90,11 +90,11 @@ def test_modes():
 def test_a_phase_without_epochs():
     buffer, console = _terminal()
     display = progress.Progress("auto", console=console)
-    with display.phase("predict pool", total=1000, unit="rows") as phase:
+    with display.phase("predict [pool]", total=1000, unit="rows") as phase:
         phase.step(600)
         phase.step(400)
     text = buffer.getvalue()
-    assert "predict pool" in text and "rows/s" in text and "epoch" not in text
+    assert "predict [pool]" in text and "rows/s" in text and "epoch" not in text
 
 
 def _separable(n):
