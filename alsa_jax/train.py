@@ -361,6 +361,7 @@ def fit(
     lr_fn: Callable[[float], float],
     start_epoch: int = 0,
     index: jax.Array | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> tuple[TrainState, dict[str, list[float]]]:
     """Train for ``epochs`` epochs on the rows of the fixed arrays where ``rows`` is True.
 
@@ -373,6 +374,10 @@ def fit(
     given ``key``. With ``index`` (int [n]), row i's input is ``data_x[index[i]]``: ``data_x``
     is then a store of examples ``[N, ...]`` (each stored once, e.g. uint8 images) that the
     rows point into, gathered batch by batch on the device.
+
+    ``on_step(examples)``, when given, is called after each step is dispatched with the
+    number of real (unmasked) examples in its batch, a host-side count: it never waits
+    for the device (e.g. :meth:`alsa_jax.progress.Phase.step`).
 
     Returns the trained state and per-epoch history ``{"loss": [...], "accuracy": [...]}``
     (means over the epoch's real rows).
@@ -432,6 +437,8 @@ def fit(
             lr = float(lr_fn(epoch + step / steps_per_epoch))
             state, metrics = train_step(state, x, y, w, mask, lr, step_key)
             step_metrics.append(metrics)
+            if on_step is not None:
+                on_step(min(batch_size, count - step * batch_size))
         # One transfer per epoch; the steps above are dispatched without waiting.
         fetched = jax.device_get(step_metrics)
         counts = np.array([m["count"] for m in fetched], np.float64)
