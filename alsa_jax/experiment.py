@@ -46,6 +46,7 @@ from alsa_jax import (
     models,
     parallel,
     pool,
+    progress,
     selection,
     shift,
     train,
@@ -747,12 +748,14 @@ def fit(
     *,
     initial: bool,
     committee: bool = False,
+    display: progress.Progress | None = None,
 ) -> train.TrainState:
     """Train on every labeled row (h0: the warm start only) with importance weights.
 
     h0 trains ``initial_epochs`` at ``learning_rate``; a round fine-tunes ``partial_epochs``
     at ``finetune_learning_rate`` from a fresh optimizer state. With ``committee`` the
     query-by-committee networks train instead, all in one vmapped step on the same batches.
+    ``display`` shows the training live (epoch, examples per second, time left).
     """
     ls, t = exp.options.label_shift, exp.options.train
     if initial:
@@ -770,21 +773,33 @@ def fit(
     network = state.committee if committee else state.train
     init = jax.vmap(exp.tx.init) if committee else exp.tx.init
     fresh = network.replace(opt_state=init(network.params))
-    steps_per_epoch = max(1, -(-int(jnp.sum(rows)) // t.batch_size))
-    trained, _ = train.fit(
-        fresh,
-        exp.committee_step if committee else exp.train_step,
-        exp.train_images,
-        exp.source_y,
-        example_weight,
-        rows,
-        index=exp.source_rows,
-        key=key,
-        epochs=t.initial_epochs if initial else t.partial_epochs,
-        batch_size=t.batch_size,
-        lr_fn=t.learning_rate_fn(finetune=not initial, steps_per_epoch=steps_per_epoch),
-    )
+    count = int(jnp.sum(rows))
+    steps_per_epoch = max(1, -(-count // t.batch_size))
+    epochs = t.initial_epochs if initial else t.partial_epochs
+    name = "h0" if initial else f"fine-tune round {int(state.round)}"
+    if committee:
+        name = f"committee {name}"
+    with (display or _SILENT).phase(
+        name, epochs=epochs, examples_per_epoch=count, steps_per_epoch=steps_per_epoch
+    ) as shown:
+        trained, _ = train.fit(
+            fresh,
+            exp.committee_step if committee else exp.train_step,
+            exp.train_images,
+            exp.source_y,
+            example_weight,
+            rows,
+            index=exp.source_rows,
+            key=key,
+            epochs=epochs,
+            batch_size=t.batch_size,
+            lr_fn=t.learning_rate_fn(finetune=not initial, steps_per_epoch=steps_per_epoch),
+            on_step=shown.step if display is not None else None,
+        )
     return trained
+
+
+_SILENT = progress.Progress("never")
 
 
 def h0_key_of(state: malls.RoundState) -> jax.Array:
@@ -792,9 +807,11 @@ def h0_key_of(state: malls.RoundState) -> jax.Array:
     return jax.random.fold_in(state.key, 0)
 
 
-def train_initial(exp: Experiment, state: malls.RoundState) -> train.TrainState:
+def train_initial(
+    exp: Experiment, state: malls.RoundState, *, display: progress.Progress | None = None
+) -> train.TrainState:
     """The initial network h0: ``initial_epochs`` on the warm start."""
-    return fit(exp, state, h0_key_of(state), initial=True)
+    return fit(exp, state, h0_key_of(state), initial=True, display=display)
 
 
 def train_committee(
@@ -803,12 +820,15 @@ def train_committee(
     *,
     initial: bool,
     key: jax.Array | None = None,
+    display: progress.Progress | None = None,
 ) -> malls.RoundState:
     """Train the query-by-committee networks (if any) as the main network was trained."""
     if state.committee is None:
         return state
     key = h0_key_of(state) if key is None else key
-    committee = fit(exp, state, jax.random.fold_in(key, 1), initial=initial, committee=True)
+    committee = fit(
+        exp, state, jax.random.fold_in(key, 1), initial=initial, committee=True, display=display
+    )
     return state.replace(committee=committee)
 
 
@@ -904,12 +924,14 @@ def run_round(
     r: int,
     *,
     phase: Phase = _call,
+    display: progress.Progress | None = None,
 ) -> tuple[malls.RoundState, Predictions, dict[str, jax.Array]]:
     """Round ``r`` >= 1: query, reveal, fine-tune, predict, re-estimate, evaluate.
 
     ``preds`` are the current network's predictions (from the previous round, or
     :func:`predict` after a resume); returns the new state, the new network's predictions
-    and the round's record. Deterministic in ``state.key`` and ``r``.
+    and the round's record. Deterministic in ``state.key`` and ``r``. ``display`` shows
+    the fine-tuning live.
     """
     round_key = jax.random.fold_in(state.key, r)
     query_key, fit_key = jax.random.split(round_key)
@@ -917,9 +939,14 @@ def run_round(
     # The training weights follow from the raw estimate and the new labeled set's mix.
     revealed = pool.reveal(state.pool, chosen, r, query_weight, offered=offered)
     state = state.replace(round=jnp.int32(r), pool=revealed)
-    state = state.replace(train=phase("finetune", lambda: fit(exp, state, fit_key, initial=False)))
+    state = state.replace(
+        train=phase("finetune", lambda: fit(exp, state, fit_key, initial=False, display=display))
+    )
     if state.committee is not None:
-        state = phase("committee", lambda: train_committee(exp, state, initial=False, key=fit_key))
+        state = phase(
+            "committee",
+            lambda: train_committee(exp, state, initial=False, key=fit_key, display=display),
+        )
     preds = phase("prediction", lambda: predict(exp, state.train))
     if exp.options.label_shift.iterative:
         state = state.replace(estimate=phase("estimation", lambda: estimate(exp, state, preds)))

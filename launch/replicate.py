@@ -1,35 +1,40 @@
 """Run one MALLS experiment end to end, resumable, watched in TensorBoard.
 
-    python -m launch.replicate --config configs/digits.py --workdir runs/digits
-    python -m launch.replicate --config configs/digits.py --workdir runs/d3 --config.seed=3
+Usage:
+  python -m launch.replicate --config configs/digits.py --workdir runs/digits
+  python -m launch.replicate --config configs/cifar10.py:small --workdir runs/c10 \\
+      --config.seed=3 --config.query.strategy=margin
 
-The rounds themselves are library functions (alsa_jax.experiment): the shifted splits,
-the initial network h0, the weight estimates, and each round's query, reveal, fine-tuning,
-re-estimation and evaluation. This launcher adds what touches the outside world: the
-command line, the workdir, the cache of h0 shared by runs beside each other, Orbax
-checkpoints after every round, the results files, TensorBoard and the printed round lines.
+Flags:
+  --config FILE[:ARG]   the experiment's config file (configs/*.py); ARG goes to its
+                        get_config (e.g. small, or a shift preset)
+  --config.FIELD=VALUE  override any config field (see configs/base.py for the fields)
+  --workdir DIR         where checkpoints, results and TensorBoard events go; running the
+                        same command again resumes the run after its last complete round
+  --progress MODE       live progress of long phases: auto (in a terminal only, the
+                        default), always, never
 
-Re-running the same command with the same --workdir resumes after the last complete
-round and finishes with the same results as an uninterrupted run.
+The rounds themselves are library functions (alsa_jax.experiment): the shifted splits, the
+initial network h0, the weight estimates, and each round's query, reveal, fine-tuning,
+re-estimation and evaluation. This launcher adds what touches the outside world: the command
+line, the workdir, the cache of h0 shared by runs beside each other, Orbax checkpoints after
+every round, the results files, TensorBoard and the printed round lines.
 """
 
 from __future__ import annotations
 
+import difflib
+import glob
 import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import jax
 import ml_collections
-import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
-
-from alsa_jax import checkpoint, experiment, malls
-from alsa_jax import logging as results_log
 
 T = TypeVar("T")
 
@@ -37,20 +42,37 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_PROGRESS = flags.DEFINE_enum(
+    "progress", "auto", ["auto", "always", "never"], "Live progress of long phases."
+)
 
-ConfigError = experiment.ConfigError
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Config fields of this launcher, not of the experiment's computation.
 LAUNCHER_FIELDS = ("h0_cache_dir", "checkpoint_keep")
 
 
-def options_of(config: ml_collections.ConfigDict) -> experiment.Options:
+def _library():
+    """The library, imported on first use: ``--help`` and bad command lines answer at once."""
+    from alsa_jax import checkpoint, experiment
+
+    return checkpoint, experiment
+
+
+def options_of(config: ml_collections.ConfigDict):
     """The experiment's options, and this launcher's own fields checked, as one-line errors."""
+    _, experiment = _library()
     options = experiment.Options.from_config(config, ignore=LAUNCHER_FIELDS)
     keep = config.get("checkpoint_keep", 2)
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ConfigError(f"checkpoint_keep must be an integer >= 1, got {keep!r}")
+        raise experiment.ConfigError(f"checkpoint_keep must be an integer >= 1, got {keep!r}")
     return options
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ConfigError":  # one class for every bad config value
+        return _library()[1].ConfigError
+    raise AttributeError(name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -64,6 +86,8 @@ class _Timer:
     _listening = False
 
     def __init__(self):
+        import jax
+
         self.seconds: dict[str, float] = {}
         if not _Timer._listening:
             jax.monitoring.register_event_duration_secs_listener(_count_compilation)
@@ -71,6 +95,8 @@ class _Timer:
         self.start_compilations = _Timer.compilations
 
     def phase(self, name: str, fn: Callable[[], T]) -> T:
+        import jax
+
         start = time.perf_counter()
         out = jax.block_until_ready(fn())
         key = f"seconds_{name}"
@@ -97,7 +123,8 @@ _PHASE_NAMES = {
 }
 
 
-def _summary(record: dict[str, Any]) -> str:
+def summary(record: dict[str, Any]) -> str:
+    """The printed line of a round's record."""
     phases = " ".join(
         f"{short} {record[f'seconds_{name}']:.2f}s"
         for name, short in _PHASE_NAMES.items()
@@ -114,6 +141,9 @@ def _summary(record: dict[str, Any]) -> str:
 
 def _record(r: int, arrays: dict[str, Any], timer: _Timer, **extra: Any) -> dict[str, Any]:
     """A round's record as plain Python: the round first, then metrics, timing."""
+    import jax
+    import numpy as np
+
     values = {name: np.asarray(v).tolist() for name, v in jax.device_get(arrays).items()}
     return {"round": r, **values, **timer.seconds, **extra, "compilations": timer.compiled()}
 
@@ -122,52 +152,88 @@ def _record(r: int, arrays: dict[str, Any], timer: _Timer, **extra: Any) -> dict
 # The loop.
 
 
+def _finished(workdir: str, config_dict: dict, num_rounds: int) -> list[dict] | None:
+    """The history of a complete run in ``workdir`` of this config, or None."""
+    from alsa_jax import logging as results_log
+
+    checkpoint, _ = _library()
+    try:
+        stored = results_log.read_results(workdir)
+        checkpoint.claim_workdir(workdir, config_dict)  # the same experiment, or refused
+    except (OSError, ValueError, KeyError):
+        return None
+    rounds = stored.get("rounds", [])
+    if len(rounds) == num_rounds + 1 and rounds[-1].get("round") == num_rounds:
+        return rounds
+    return None
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
     *,
     verbose: bool = True,
     stop_after_round: int | None = None,
+    progress_mode: str = "never",
 ) -> list[dict[str, Any]]:
     """Run (or resume) the experiment of ``config`` in ``workdir``; returns the round records.
 
-    ``stop_after_round`` ends the run early after that round's checkpoint (the next
-    call resumes from it).
+    ``stop_after_round`` ends the run early after that round's checkpoint (the next call
+    resumes from it). ``progress_mode`` (auto / always / never) shows long phases live.
     """
+    from alsa_jax import logging as results_log
+    from alsa_jax import progress
+
+    checkpoint, experiment = _library()
     say = print if verbose else (lambda *a, **k: None)
+    warn = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
     options = options_of(config)
-    exp = experiment.setup(options)  # bad values surface as one line, before any write
     config_dict = config.to_dict()
+    done = _finished(workdir, config_dict, options.query.num_batches)
+    if done is not None:
+        say(f"{workdir}: the run is complete ({options.query.num_batches} rounds)")
+        say(summary(done[-1]))
+        return done
+    exp = experiment.setup(options)  # bad values surface as one line, before any write
     try:
         checkpoint.claim_workdir(workdir, config_dict)
-    except checkpoint.ExperimentMismatchError:
+    except checkpoint.CheckpointError:
         raise
     except OSError as error:  # e.g. --workdir names a file
-        raise ConfigError(f"--workdir={workdir} cannot hold a run: {error.strerror}") from None
+        raise experiment.ConfigError(
+            f"--workdir={workdir} cannot hold a run: {error.strerror}"
+        ) from None
+    display = progress.Progress(progress_mode)
     manager = checkpoint.RoundCheckpointer(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint_keep
     )
     state = experiment.initial_state(exp)
 
-    latest = manager.latest_round()
-    if latest is not None:
-        state, history = manager.restore(latest, state)
+    restored = manager.restore_latest(state)
+    if restored is not None:
+        latest, state, history, skipped = restored
+        for r, reason in skipped:
+            warn(f"skipped the checkpoint of round {r}: {reason}")
         # A run killed between its checkpoint and its results files left them one behind.
         results_log.write_results(workdir, config_dict, history)
         say(f"resuming {workdir} after round {latest}")
         preds = experiment.predict(exp, state.train)
     else:
-        state, preds, record = _round_zero(exp, state, config, workdir, say)
+        state, preds, record = _round_zero(exp, state, config, workdir, say, warn, display)
         history = [record]
         manager.save(0, state, history)
         results_log.write_results(workdir, config_dict, history)
-        say(_summary(record))
+        say(summary(record))
         latest = 0
 
-    # Events of rounds after the checkpoint (a crashed run's) are purged; the newest
-    # checkpointed round is written again in case the crash came before its events.
-    writer = results_log.ScalarWriter(workdir, resume_round=latest)
-    writer.write(history[-1])
+    writer = results_log.RunWriter(
+        workdir,
+        run_name=results_log.run_name(config_dict),
+        hparams=results_log.hparams(config_dict),
+        class_names=exp.class_names or None,
+    )
+    for record in history:  # a crash may have come before some rounds' events: idempotent
+        writer.write(record)
     q = options.query
     spread = f"diversify={q.diversify}"
     if q.diversify == "medial":
@@ -182,88 +248,138 @@ def run(
         if stop_after_round is not None and r > stop_after_round:
             break
         timer = _Timer()
-        state, preds, arrays = experiment.run_round(exp, state, preds, r, phase=timer.phase)
+        state, preds, arrays = experiment.run_round(
+            exp, state, preds, r, phase=timer.phase, display=display
+        )
         record = _record(r, arrays, timer)
         history.append(record)
         manager.save(r, state, history)
         results_log.write_results(workdir, config_dict, history)
         writer.write(record)
-        say(_summary(record))
+        say(summary(record))
     writer.close()
     manager.close()
     return history
 
 
-def _round_zero(
-    exp: experiment.Experiment,
-    state: malls.RoundState,
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    say: Callable[..., None],
-) -> tuple[malls.RoundState, experiment.Predictions, dict[str, Any]]:
+def _round_zero(exp, state, config, workdir, say, warn, display):
     """h0 (from the cache shared by runs beside each other, or trained), then round 0."""
+    checkpoint, experiment = _library()
     timer = _Timer()
     cache_dir = config.h0_cache_dir or os.path.join(
         os.path.dirname(os.path.abspath(workdir)), "h0_cache"
     )
     key = experiment.h0_key(exp.options)
-    cached = checkpoint.load_h0(cache_dir, key, state.train)
+    cached = checkpoint.load_h0(cache_dir, key, state.train, on_corrupt=warn)
     if cached is not None:
         say(f"h0: loaded from {checkpoint.h0_path(cache_dir, key)}")
         state = state.replace(train=cached)
         timer.seconds["seconds_h0"] = 0.0
     else:
-        say(
-            f"h0: training {exp.options.train.initial_epochs} epochs on "
-            f"{int(np.sum(np.asarray(state.pool.warm)))} warm-start rows"
+        warm = int(state.pool.warm.sum())
+        say(f"h0: training {exp.options.train.initial_epochs} epochs on {warm} warm-start rows")
+        state = state.replace(
+            train=timer.phase("h0", lambda: experiment.train_initial(exp, state, display=display))
         )
-        state = state.replace(train=timer.phase("h0", lambda: experiment.train_initial(exp, state)))
         checkpoint.save_h0(cache_dir, key, state.train)
     if state.committee is not None:
         say(f"committee: training {exp.options.query.committee_size} networks")
         state = timer.phase(
-            "committee", lambda: experiment.train_committee(exp, state, initial=True)
+            "committee",
+            lambda: experiment.train_committee(exp, state, initial=True, display=display),
         )
     state, preds, arrays = experiment.initial_round(exp, state, phase=timer.phase)
     return state, preds, _record(0, arrays, timer, h0_cache_hit=cached is not None)
 
 
+# ---------------------------------------------------------------------------------------
+# The command line.
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _known_configs() -> str:
+    names = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+    shown = [
+        os.path.relpath(n, os.getcwd())
+        for n in names
+        if os.path.basename(n) not in ("__init__.py", "base.py", "presets.py")
+    ]
+    return ", ".join(shown)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}; see --help")
     if _CONFIG.value is None or not _WORKDIR.value:
-        print("error: pass --config=configs/<name>.py and --workdir=<dir>", file=sys.stderr)
-        sys.exit(2)
-    try:
-        _CONFIG.value.to_dict()  # config files load lazily: surface a bad path here
-    except Exception as error:  # noqa: BLE001 - any failure to load the file, as one line
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        print(
-            f"error: --config could not be loaded: {lines[-1] if lines else error!r}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+        _fail("pass --config=configs/<name>.py and --workdir=<dir>; see --help")
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
+    checkpoint, experiment = _library()
     try:
-        run(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, checkpoint.ExperimentMismatchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        run(_CONFIG.value, _WORKDIR.value, progress_mode=_PROGRESS.value)
+    except (experiment.ConfigError, checkpoint.CheckpointError) as error:
+        _fail(str(error))
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+    """The first ``--config.<field>`` override that names no field of the base config."""
+    from configs import base
+
+    known = set()
+
+    def walk(node: Any, prefix: str) -> None:
+        for name in node.keys():
+            known.add(f"{prefix}{name}")
+            if isinstance(node[name], ml_collections.ConfigDict):
+                walk(node[name], f"{prefix}{name}.")
+
+    walk(base.get_config(), "")
+    for arg in argv:
+        if arg.startswith("--config."):
+            field = arg[len("--config.") :].split("=", 1)[0]
+            if field not in known:
+                close = difflib.get_close_matches(field, sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                return f"the config has no field {field!r}{hint}; see configs/base.py"
+    return None
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with bad flags (an unknown config field, say) as one line, exit 2."""
+    """Flags with every bad command line as one line and exit code 2; --help exits 0."""
+    if any(arg in ("--help", "-h", "--helpshort", "--helpfull", "-?") for arg in argv[1:]):
+        print(__doc__.strip())
+        sys.exit(0)
+    path = _config_path(argv)
+    if path is not None:
+        file = path.split(":", 1)[0]
+        if not os.path.isfile(file):
+            _fail(f"--config {file} does not exist; the configs are: {_known_configs()}")
+    unknown = _unknown_override(argv)
+    if unknown:
+        _fail(unknown)
     try:
-        return flags.FLAGS(argv)
-    except (AttributeError, KeyError) as error:  # ml_collections: an override of no field
-        field = str(error).strip("\"'")
-        print(
-            f"error: the config has no field {field!r}; see configs/base.py for the fields",
-            file=sys.stderr,
-        )
-    except (flags.Error, ValueError, TypeError) as error:
-        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
-    sys.exit(2)
+        remaining = flags.FLAGS(argv)
+        if _CONFIG.present:
+            _CONFIG.value.to_dict()  # config files load lazily: a broken file surfaces here
+        return remaining
+    except (flags.Error, ValueError, TypeError, AttributeError, KeyError) as error:
+        _fail(str(error).strip().splitlines()[0])
+    except Exception as error:  # noqa: BLE001 - a config file that fails to run, as one line
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        _fail(f"--config could not be loaded: {lines[-1] if lines else repr(error)}")
+    return []
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from alsa_jax import experiment
+from alsa_jax import checkpoint, experiment
 from configs import digits
 from launch import replicate
 
@@ -90,7 +90,7 @@ def test_end_to_end_three_rounds(reference_run):
     assert [r["labels_paid"] - history[0]["labels_paid"] for r in history] == [
         r["labels_bought"] for r in history
     ]
-    manager = replicate.checkpoint.RoundCheckpointer(os.path.join(workdir, "checkpoints"))
+    manager = checkpoint.RoundCheckpointer(os.path.join(workdir, "checkpoints"))
     final, _ = manager.restore(3, experiment.initial_state(exp))
     manager.close()
     paid_rows = np.asarray(final.pool.labeled | final.pool.holdout)
@@ -111,9 +111,11 @@ def test_end_to_end_three_rounds(reference_run):
     with open(os.path.join(workdir, "results.csv")) as f:
         lines = f.read().splitlines()
     assert len(lines) == 5 and "per_class_accuracy_9" in lines[0]
-    assert any(
-        name.startswith("events") for name in os.listdir(os.path.join(workdir, "tensorboard"))
+    # TensorBoard events under a run name that says method, shift and seed.
+    run_dir = os.path.join(
+        workdir, "tensorboard", "rlls-maxent-guess_dirichlet_target-alpha0.6_seed0"
     )
+    assert any(name.startswith("events") for name in os.listdir(run_dir))
 
 
 def test_resume_after_exception_matches_uninterrupted(reference_run, tmp_path, monkeypatch):
@@ -121,10 +123,10 @@ def test_resume_after_exception_matches_uninterrupted(reference_run, tmp_path, m
     workdir = str(tmp_path / "interrupted")
     real_fit = experiment.fit
 
-    def failing(exp, state, key, *, initial, committee=False):
+    def failing(exp, state, key, **kwargs):
         if int(state.round) == 2:
             raise RuntimeError("simulated crash in round 2")
-        return real_fit(exp, state, key, initial=initial, committee=committee)
+        return real_fit(exp, state, key, **kwargs)
 
     monkeypatch.setattr(experiment, "fit", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -171,9 +173,9 @@ def test_h0_cache_hit_skips_training(reference_run, tmp_path, monkeypatch):
     assert first[0]["h0_cache_hit"] is False and first[0]["seconds_h0"] > 0
     real_fit = experiment.fit
 
-    def no_h0_training(exp, state, key, *, initial, committee=False):
-        assert not initial, "h0 was trained despite the cache"
-        return real_fit(exp, state, key, initial=initial, committee=committee)
+    def no_h0_training(exp, state, key, **kwargs):
+        assert not kwargs["initial"], "h0 was trained despite the cache"
+        return real_fit(exp, state, key, **kwargs)
 
     monkeypatch.setattr(experiment, "fit", no_h0_training)
     second = replicate.run(small_config(h0_cache_dir=cache), str(tmp_path / "b"), verbose=False)
@@ -218,7 +220,7 @@ def test_bad_config_value_is_one_line(tmp_path):
 def test_workdir_of_another_experiment_is_refused(reference_run):
     workdir, _ = reference_run
     before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-    with pytest.raises(replicate.checkpoint.ExperimentMismatchError, match="seed"):
+    with pytest.raises(checkpoint.ExperimentMismatchError, match="seed"):
         replicate.run(small_config(seed=7), workdir, verbose=False)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
@@ -230,6 +232,12 @@ def test_workdir_of_another_experiment_is_refused(reference_run):
         (["--config.no_such_field=1"], "no_such_field"),
         (["--config.query.medial_lambda=0.3"], "query.diversify"),
         (["--config.query.diversify=medial", "--config.query.medial_lambda=-0.1"], "medial_lambda"),
+        # A typo in a field: named plainly, with the closest field.
+        (
+            ["--config.query.stratgy=margin"],
+            "the config has no field 'query.stratgy' (did you mean 'query.strategy'?)",
+        ),
+        (["--progress=loud"], "--progress"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, extra, message):
@@ -238,6 +246,73 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, extra, message):
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], done.stderr
+    assert "\\" not in lines[0]  # no escaped quotes or newlines
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_missing_config_lists_the_configs(tmp_path):
+    args = [sys.executable, "-m", "launch.replicate", "--config", "configs/nabird.py"]
+    done = subprocess.run(
+        [*args, "--workdir", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "configs/nabird.py does not exist" in lines[0]
+    assert "configs/nabirds.py" in lines[0] and "configs/digits.py" in lines[0]
+    assert "Errno" not in lines[0]
+
+
+def test_cli_help_is_plain_text_and_exits_0():
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.replicate", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for flag in ("--config", "--workdir", "--progress", "--config.FIELD=VALUE"):
+        assert flag in done.stdout
+    assert "``" not in done.stdout and ":func:" not in done.stdout
+    assert "default: 'None'" not in done.stdout
+
+
+def test_a_finished_run_says_so_at_once(reference_run, monkeypatch, capsys):
+    workdir, history = reference_run
+    # Nothing is loaded or computed again: setup would fail here.
+    monkeypatch.setattr(experiment, "setup", lambda *a, **k: pytest.fail("set up again"))
+    again = replicate.run(small_config(), workdir)
+    assert comparable(again) == comparable(history)
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{workdir}: the run is complete (3 rounds)", replicate.summary(history[-1])]
+
+
+def test_progress_always_shows_training_live(tmp_path):
+    args = cli(
+        tmp_path / "w",
+        *(f"--config.{name}={value}" for name, value in SMALL.items()),
+        "--config.query.num_batches=1",
+        "--progress=always",
+    )
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (
+        "h0" in done.stderr and "examples/s" in done.stderr and "fine-tune round 1" in done.stderr
+    )
+    # The round lines stay on stdout, free of the display.
+    assert all(line.startswith(("h0:", "round", "rounds")) for line in done.stdout.splitlines())
+    quiet = subprocess.run(
+        cli(
+            tmp_path / "q",
+            *(f"--config.{name}={value}" for name, value in SMALL.items()),
+            "--config.query.num_batches=1",
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr[-3000:]
 
 
 def test_eight_devices_match_one_device(reference_run, tmp_path):
