@@ -93,29 +93,27 @@ def estimate_weights(
     (``source_labels`` over ``label_mask``, ``target_labels`` over ``target_mask``);
     ``none`` returns ones.
     """
-    hard = not soft
-    confusion = label_shift.confusion_matrix(source_probs, source_labels, confusion_mask, hard=hard)
-    source_pred = confusion.sum(axis=1)
-    target_pred = label_shift.predicted_distribution(target_probs, target_mask, hard=hard)
     train_dist = label_shift.label_distribution(source_labels, num_classes, label_mask)
-    rebased = method in ("bbse", "rlls")
-    weights = label_shift.estimate_weights(
-        method,
-        confusion=confusion,
-        source_pred_dist=source_pred,
-        target_pred_dist=target_pred,
-        source_label_dist=train_dist,
-        target_label_dist=label_shift.label_distribution(target_labels, num_classes, target_mask),
-        reg=reg,
-        lam=1.0 if rebased else lam,
-        num_classes=num_classes,
+    if method == "none":
+        return label_shift.uniform_weights(num_classes)
+    if method == "oracle":
+        target_dist = label_shift.label_distribution(target_labels, num_classes, target_mask)
+        return label_shift.oracle_weights(train_dist, target_dist, lam=lam)
+    sample = label_shift.ShiftSample(
+        source_probs=source_probs,
+        source_labels=source_labels,
+        target_probs=target_probs,
+        source_mask=confusion_mask,
+        target_mask=target_mask,
     )
-    if rebased:  # rebase the raw estimate, then shrink towards 1
-        conf_dist = confusion.sum(axis=0)
-        weights = rebase_weights(weights, conf_dist, train_dist)
-        # A class absent from the confusion sample has no column in C: its weight is not
-        # identified, so it gets the neutral 1 rather than whatever the solver left there.
-        weights = label_shift.mix_weights(jnp.where(conf_dist > 0, weights, 1.0), lam)
+    options = {"bbse": {"hard": not soft}, "rlls": {"hard": not soft, "reg": reg}}
+    weights = label_shift.estimate(method, sample, **options.get(method, {}))
+    # Rebase the raw estimate, then shrink towards 1.
+    conf_dist = label_shift.label_distribution(source_labels, num_classes, confusion_mask)
+    weights = rebase_weights(weights, conf_dist, train_dist)
+    # A class absent from the confusion sample has no column in C: its weight is not
+    # identified, so it gets the neutral 1 rather than whatever the solver left there.
+    weights = label_shift.mix_weights(jnp.where(conf_dist > 0, weights, 1.0), lam)
     return weights
 
 

@@ -210,6 +210,12 @@ def range_stats(name: str, x: Any, low: float, high: float) -> tuple:
     return ("range", name, (low, high)), _stat(x)
 
 
+def budget_stats(name: str, budget: Any, available: Any) -> tuple:
+    """Statistics for "``budget`` <= the number of available rows" (jittable)."""
+    values = jnp.concatenate([_stat(budget), _stat(jnp.sum(jnp.asarray(available)))])
+    return ("budget", name, ()), values
+
+
 def value_report(*entries: tuple) -> ValueReport:
     """Concatenate ``*_stats`` entries into one :class:`ValueReport` (jittable)."""
     if not entries:
@@ -283,6 +289,11 @@ def _raise_for(kind: str, name: str, v: np.ndarray, params: tuple) -> None:
     elif kind == "finite":
         if not v[0]:
             raise ValueError(f"{name} has non-finite entries (NaN or inf)")
+    elif kind == "budget":
+        if v[0] > v[1]:
+            raise ValueError(
+                f"{name}={int(v[0])} is larger than the {int(v[1])} available points; lower it"
+            )
     elif kind == "range":
         low, high = params
         if not low <= v[0] <= high:
