@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from alsa_jax import acquisition, label_shift, metrics, pool, selection
+from alsa_jax import acquisition, label_shift, metrics, pool
 from alsa_jax.pool import PoolState
 from alsa_jax.train import TrainState
 
@@ -128,7 +128,9 @@ def rebase_weights(weights: jax.Array, from_dist: jax.Array, to_dist: jax.Array)
     return jnp.where(both, weights * from_dist / jnp.where(both, to_dist, 1.0), weights)
 
 
-@partial(jax.jit, static_argnames=("strategy", "budget", "medial_lambda", "use_query_weights"))
+@partial(
+    jax.jit, static_argnames=("strategy", "budget", "medial_lambda", "p_min", "use_query_weights")
+)
 def query(
     key: jax.Array,
     probs: jax.Array,
@@ -151,19 +153,19 @@ def query(
     ``iwal`` streams over the pool with probability p_min + (1 - p_min) * spread and
     returns the 1/p weights of the chosen rows (ones when ``use_query_weights`` is off).
     """
-    if strategy == "iwal":
-        query_prob = acquisition.iwal_query_probability(mc_probs, p_min)
-        chosen, importance = selection.iwal_select(key, query_prob, available, budget)
-        query_weight = jnp.where(chosen, importance if use_query_weights else 1.0, 1.0)
-        return chosen, query_weight
-    scores = acquisition.score(strategy, key, probs, mc_probs)
-    if medial_lambda is None:
-        chosen = selection.top_k(scores, available, budget)
-    else:
-        chosen = selection.diversified_top_k(
-            scores, available, jnp.argmax(probs, axis=-1), weights, budget, medial_lambda
-        )
-    return chosen, jnp.ones(probs.shape[0], dtype=jnp.float32)
+    acq = acquisition.ACQUISITIONS[strategy]
+    ctx = acquisition.QueryContext(
+        key=key,
+        probs=probs,
+        available=available,
+        weights=weights,
+        mc_probs=None if acq.needs_committee else mc_probs,
+        committee_probs=mc_probs if acq.needs_committee else None,
+    )
+    options = {"p_min": p_min, "importance_weights": use_query_weights}
+    if strategy != "iwal":
+        options = {}
+    return acquisition.choose(acq, ctx, budget, medial_lambda=medial_lambda, **options)
 
 
 def training_weights(

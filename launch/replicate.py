@@ -138,6 +138,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             "train.partial_epochs", config.train.partial_epochs, strict=False
         ),
     ]
+    strategy = acquisition.ACQUISITIONS.get(config.query.strategy)
+    if strategy is not None and strategy.needs_features:
+        checks.append(
+            _raise(
+                f"query.strategy={config.query.strategy!r} reads penultimate features, which "
+                "this driver does not pass; choose another strategy"
+            )
+        )
     if config.query.strategy == "iwal" and (
         config.query.diversify != "none" or config.query.medial_lambda is not None
     ):
@@ -483,7 +491,7 @@ def query_round(
                 for i in range(q.committee_size)
             ]
         )
-    elif q.strategy in acquisition.NEEDS_MC:
+    elif acquisition.ACQUISITIONS[q.strategy].needs_mc:
         mc_key, key = jax.random.split(key)
         mc_probs = train.mc_dropout_probs(
             exp.inference_model,

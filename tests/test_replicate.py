@@ -173,7 +173,8 @@ def built(tmp_path_factory):
 @pytest.mark.parametrize("estimator", ["none", "bbse", "rlls", "oracle"])
 def test_every_strategy_diversify_correction_runs_a_round(built, estimator):
     exp, state = built
-    strategies = tuple(acquisition.ACQUISITIONS)
+    # Strategies that read penultimate features are refused by this driver's config check.
+    strategies = tuple(n for n, a in acquisition.ACQUISITIONS.items() if not a.needs_features)
     assert "qbc" in strategies and "iwal" in strategies and "bald_vote" in strategies
     committee_size = 3
     committee_step = train.make_ensemble_train_step(exp.model, exp.tx, committee_size)
