@@ -409,6 +409,13 @@ class Acquisition:
                 raise ValueError(
                     f"strategy {self.name!r} takes no option {option!r}; it takes: {takes}"
                 )
+            try:
+                hash(options[option])
+            except TypeError:
+                raise ValueError(
+                    f"option {option}= of strategy {self.name!r} must be hashable (it is "
+                    "static under jit): pass a Python number, bool or string"
+                ) from None
         merged = {**dict(self.options), **options}
         return dataclasses.replace(self, options=tuple(sorted(merged.items())))
 
@@ -423,7 +430,7 @@ class Acquisition:
         return tuple(name for name, needed in fields if needed)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)
 def _option_names(fn: Callable) -> frozenset[str] | None:
     """Keyword options of a strategy function (None: it takes ``**kwargs``)."""
     try:

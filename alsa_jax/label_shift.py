@@ -1213,7 +1213,7 @@ pass the function to :func:`estimate`.
 """
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)
 def _option_names(fn: Callable) -> frozenset[str] | None:
     """Keyword options ``fn`` accepts after the sample (None: it takes ``**kwargs``)."""
     try:

@@ -169,6 +169,8 @@ def test_iwal_selects_with_its_query_weights():
         acquisition.choose("iwal", FULL, 6, medial_lambda=0.5)
     with pytest.raises(ValueError, match="'iwal' takes no option 'reg'; it takes: "):
         acquisition.choose("iwal", FULL, 6, reg=1.0)
+    with pytest.raises(ValueError, match="p_min= of strategy 'iwal' must be hashable"):
+        acquisition.choose("iwal", FULL, 6, p_min=jnp.ones(1))
 
 
 def test_a_user_defined_acquisition_is_a_function_passed_directly():
