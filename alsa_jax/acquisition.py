@@ -593,10 +593,11 @@ def _run(acq: Acquisition, ctx: QueryContext, budget: int, medial_lambda: float 
     return chosen, jnp.ones((n,), jnp.float32)
 
 
-@partial(jax.jit, static_argnames=("acq", "budget", "medial_lambda"))
-def _choose(ctx, *, acq, budget, medial_lambda):
+@partial(jax.jit, static_argnames=("acq", "budget", "medial"))
+def _choose(ctx, medial_lambda, *, acq, budget, medial):
+    # Whether there is a medial_lambda is static; its value is traced (no recompilation).
     report = validation.value_report(*_context_stats(ctx, budget))
-    return _run(acq, ctx, budget, medial_lambda), report
+    return _run(acq, ctx, budget, medial_lambda if medial else None), report
 
 
 @partial(jax.jit, static_argnames=("acq",))
@@ -625,7 +626,8 @@ def choose(
     itself (IWAL returns its 1/p query weights; BADGE takes ``medial_lambda`` as its
     label-shift scaling; IWAL refuses one). Only available rows are chosen, exactly
     ``budget`` of them when that many are available (checked on concrete inputs).
-    Jittable, with ``strategy``, ``budget`` and ``medial_lambda`` static.
+    Jittable, with ``strategy`` and ``budget`` static (and whether ``medial_lambda`` is
+    None; its value may be traced).
     """
     acq = resolve(strategy)
     if options:
@@ -634,15 +636,20 @@ def choose(
     budget = _check_budget(budget)
     if medial_lambda is not None:
         validation.check_rank("medial_lambda", medial_lambda, 0)
-        medial_lambda = float(medial_lambda)
-        if not 0.0 <= medial_lambda <= 1.0:
-            raise ValueError(f"medial_lambda must lie in [0, 1], got {medial_lambda}")
+        validation.check_in_range("medial_lambda", medial_lambda, 0.0, 1.0)
         if acq.select is not None and not acq.medial:
             raise ValueError(
                 f"strategy {acq.name!r} selects its batch itself and takes no medial_lambda; "
                 "pass medial_lambda=None (query.diversify='none')"
             )
-    return validation.run_checked(_choose, ctx, acq=acq, budget=budget, medial_lambda=medial_lambda)
+    return validation.run_checked(
+        _choose,
+        ctx,
+        0.0 if medial_lambda is None else medial_lambda,
+        acq=acq,
+        budget=budget,
+        medial=medial_lambda is not None,
+    )
 
 
 def score(
