@@ -1261,7 +1261,7 @@ def estimate(estimator: str | Estimator, sample: ShiftSample, **options: Any) ->
     concrete). Jittable and vmappable, e.g. a bootstrap of the weights over resampled
     source-row counts::
 
-        counts = jax.vmap(lambda key: jax.random.multinomial(key, n, probs=jnp.full(n, 1/n)))(keys)
+        counts = jax.vmap(lambda key: jax.random.multinomial(key, n, jnp.full(n, 1 / n)))(keys)
         ws = jax.vmap(lambda c: estimate("rlls", sample.replace(source_mask=c)))(counts)
 
     The weights are relative to the labeled source rows of ``sample``; rebase them onto
