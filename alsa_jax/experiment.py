@@ -40,6 +40,7 @@ import alsa_jax
 from alsa_jax import (
     acquisition,
     augment,
+    calibration,
     data,
     label_shift,
     malls,
@@ -206,6 +207,7 @@ class LabelShiftOptions:
 
     estimator: str
     rlls_reg: float
+    calibration: str
     weight_lambda: float
     iterative: bool
     importance_weighting: bool
@@ -225,8 +227,24 @@ class LabelShiftOptions:
             section, lambda: validation.check_positive("rlls_reg", self.rlls_reg, strict=False)
         )
         _checked(
+            section,
+            lambda: validation.check_choice(
+                "calibration", self.calibration, calibration.CALIBRATIONS
+            ),
+        )
+        _checked(
             section, lambda: validation.check_in_range("weight_lambda", self.weight_lambda, 0, 1)
         )
+
+    def estimator_options(self) -> tuple[tuple[str, Any], ...]:
+        """The estimator's keyword options from the config (hashable: static under jit)."""
+        hard = not self.soft_confusion
+        options = {
+            "bbse": {"hard": hard},
+            "rlls": {"hard": hard, "reg": float(self.rlls_reg)},
+            "mlls": {"calibration": self.calibration},
+        }
+        return tuple(sorted(options.get(self.estimator, {}).items()))
 
     @property
     def weighted_training(self) -> bool:
@@ -277,10 +295,13 @@ class QueryOptions:
                 section,
                 lambda: validation.check_in_range("medial_lambda", self.medial_lambda, 0, 1),
             )
-        if self.strategy == "iwal" and self.diversify != "none":
+        acq = acquisition.ACQUISITIONS[self.strategy]
+        spreads = ("none", "medial") if acq.medial else ("none",)
+        if acq.select is not None and self.diversify not in spreads:
             _fail(
-                "query.strategy='iwal' streams the pool by its own query probabilities and "
-                "takes no class allocation; set --config.query.diversify=none"
+                f"query.strategy={self.strategy!r} chooses its batch itself and takes no class "
+                f"spread query.diversify={self.diversify!r}; set --config.query.diversify="
+                f"{' or '.join(spreads)}"
             )
         for field in ("num_batches", "mc_samples", "committee_size"):
             value = getattr(self, field)
@@ -293,6 +314,19 @@ class QueryOptions:
     def lambda_(self) -> float:
         """The medial lambda in use: the paper's 0.5 (sqrt(P Q)) unless set."""
         return 0.5 if self.medial_lambda is None else float(self.medial_lambda)
+
+    def strategy_options(self) -> tuple[tuple[str, Any], ...]:
+        """The strategy's own options from its config fields (IWAL's ``iwal_*``)."""
+        if self.strategy == "iwal":
+            return (
+                ("importance_weights", bool(self.iwal_importance_weights)),
+                ("p_min", float(self.iwal_p_min)),
+            )
+        return ()
+
+    @property
+    def acquisition(self) -> acquisition.Acquisition:
+        return acquisition.ACQUISITIONS[self.strategy]
 
 
 def _check_count(name: str, value: Any, *, minimum: int) -> None:
@@ -582,7 +616,7 @@ def setup(options: Options, *, dataset: data.Dataset | None = None) -> Experimen
         train_step=train.make_train_step(model, tx, input_fn=input_fn),
         committee_step=(
             train.make_ensemble_train_step(model, tx, q.committee_size, input_fn=input_fn)
-            if q.strategy == "qbc"
+            if q.acquisition.needs_committee
             else None
         ),
         transform=transform,
@@ -663,11 +697,13 @@ def initial_state(exp: Experiment) -> malls.RoundState:
 @flax.struct.dataclass
 class Predictions:
     """The current network's class probabilities in one pass: source [n, k] (warm start,
-    holdout and pool rows), target [m, k], test [t, k]."""
+    holdout and pool rows), target [m, k], test [t, k]; ``source_features`` [n, d] the
+    penultimate features of the source rows when the query strategy reads them (BADGE)."""
 
     source: jax.Array
     target: jax.Array
     test: jax.Array
+    source_features: jax.Array | None = None
 
 
 def train_distribution(exp: Experiment, pool_state: pool.PoolState) -> jax.Array:
@@ -696,14 +732,25 @@ def _eval_input(exp: Experiment) -> Callable[[jax.Array], jax.Array] | None:
 def predict(exp: Experiment, network: train.TrainState) -> Predictions:
     """One prediction pass over the source rows, the target sample and the test split."""
     batch_size = exp.options.train.eval_batch_size
-    source = train.predict_probs(
-        exp.inference_model,
-        network,
-        exp.train_images,
-        index=exp.source_rows,
-        batch_size=batch_size,
-        input_fn=_eval_input(exp),
-    )
+    features = None
+    if exp.options.query.acquisition.needs_features:
+        source, features = train.predict_features(
+            exp.inference_model,
+            network,
+            exp.train_images,
+            index=exp.source_rows,
+            batch_size=batch_size,
+            input_fn=_eval_input(exp),
+        )
+    else:
+        source = train.predict_probs(
+            exp.inference_model,
+            network,
+            exp.train_images,
+            index=exp.source_rows,
+            batch_size=batch_size,
+            input_fn=_eval_input(exp),
+        )
     held = train.predict_probs(
         exp.inference_model,
         network,
@@ -713,7 +760,7 @@ def predict(exp: Experiment, network: train.TrainState) -> Predictions:
         input_fn=_eval_input(exp),
     )
     m = exp.target_rows.shape[0]
-    return Predictions(source=source, target=held[:m], test=held[m:])
+    return Predictions(source=source, target=held[:m], test=held[m:], source_features=features)
 
 
 def estimate(exp: Experiment, state: malls.RoundState, preds: Predictions) -> malls.WeightEstimate:
@@ -735,9 +782,8 @@ def estimate(exp: Experiment, state: malls.RoundState, preds: Predictions) -> ma
         exp.target_valid,
         exp.target_y,
         method=ls.estimator,
-        reg=float(ls.rlls_reg),
-        soft=bool(ls.soft_confusion),
         num_classes=exp.num_classes,
+        options=ls.estimator_options(),
     )
 
 
@@ -865,10 +911,11 @@ def query(
     probs = preds.source
     if ls.corrects_scores:
         probs = label_shift.posterior_correction(probs, weights)
-    mc_probs = None
+    acq = q.acquisition
+    mc_probs = committee_probs = None
     eval_batch = exp.options.train.eval_batch_size
-    if q.strategy == "qbc":
-        mc_probs = train.ensemble_probs(
+    if acq.needs_committee:
+        committee_probs = train.ensemble_probs(
             exp.inference_model,
             state.committee,
             exp.train_images,
@@ -876,7 +923,9 @@ def query(
             batch_size=eval_batch,
             input_fn=_eval_input(exp),
         )
-    elif q.strategy in acquisition.NEEDS_MC:
+        if ls.corrects_scores:  # every member: [S, n, k]
+            committee_probs = label_shift.posterior_correction(committee_probs, weights)
+    if acq.needs_mc:
         mc_key, key = jax.random.split(key)
         mc_probs = train.mc_dropout_probs(
             exp.inference_model,
@@ -888,8 +937,8 @@ def query(
             batch_size=eval_batch,
             input_fn=_eval_input(exp),
         )
-    if ls.corrects_scores and mc_probs is not None:  # every pass / member: [s, n, k]
-        mc_probs = label_shift.posterior_correction(mc_probs, weights)
+        if ls.corrects_scores:  # every pass: [s, n, k]
+            mc_probs = label_shift.posterior_correction(mc_probs, weights)
     return malls.query(
         key,
         probs,
@@ -902,8 +951,9 @@ def query(
         diversify=q.diversify,
         medial_lambda=q.lambda_,
         lam=float(ls.weight_lambda),
-        p_min=float(q.iwal_p_min),
-        use_query_weights=bool(q.iwal_importance_weights),
+        strategy_options=q.strategy_options(),
+        committee_probs=committee_probs,
+        features=preds.source_features,
     )
 
 

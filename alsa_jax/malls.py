@@ -15,6 +15,7 @@ checkpoints and logs lives in ``launch/replicate.py``.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -108,7 +109,7 @@ def class_weights(
     )
 
 
-@partial(jax.jit, static_argnames=("method", "soft", "num_classes"))
+@partial(jax.jit, static_argnames=("method", "num_classes", "options"))
 def estimate_weights(
     source_probs: jax.Array,
     source_labels: jax.Array,
@@ -118,46 +119,45 @@ def estimate_weights(
     target_mask: jax.Array,
     target_labels: jax.Array,
     *,
-    method: str,
-    reg: float,
-    soft: bool,
+    method: str | label_shift.Estimator,
     num_classes: int,
+    options: tuple[tuple[str, Any], ...] = (),
 ) -> WeightEstimate:
     """A raw weight estimate from predictions on labeled source and unlabeled target rows.
 
-    C[i, j] = P_conf(pred = i, y = j) over ``confusion_mask`` rows, mu_s its row sums,
-    mu_t the predicted-class distribution over ``target_mask`` rows; BBSE solves C w = mu_t,
-    RLLS the regularised problem of :func:`alsa_jax.label_shift.rlls`. Both estimate
-    Q(y)/P_conf(y), returned with P_conf (C's column sums). ``oracle`` uses the hidden
-    labels: Q from ``target_labels`` over ``target_mask``, relative to ``train_dist``
-    (P_train). ``none`` returns :func:`no_estimate`. Turn the result into training weights
-    with :func:`class_weights`.
+    The estimator ``method`` (a name of :data:`alsa_jax.label_shift.ESTIMATORS` or an
+    estimator function, with keyword ``options``) sees the ``confusion_mask`` source rows
+    (their probabilities and labels) and the ``target_mask`` target rows (probabilities
+    only) and estimates Q(y)/P_conf(y) relative to the confusion rows' label distribution
+    P_conf, returned with it: BBSE solves C w = mu_t, RLLS the regularised problem of
+    :func:`alsa_jax.label_shift.rlls`, MLLS maximises the target likelihood by EM after
+    calibrating on the confusion rows. ``oracle`` uses the hidden labels: Q from
+    ``target_labels`` over ``target_mask``, relative to ``train_dist`` (P_train). ``none``
+    returns :func:`no_estimate`. Turn the result into training weights with
+    :func:`class_weights`.
     """
     if method == "none":
         return no_estimate(num_classes)
-    target_dist = label_shift.label_distribution(target_labels, num_classes, target_mask)
     if method == "oracle":
+        target_dist = label_shift.label_distribution(target_labels, num_classes, target_mask)
         return WeightEstimate(
             weights=label_shift.oracle_weights(train_dist, target_dist), sample_dist=train_dist
         )
-    hard = not soft
-    confusion = label_shift.confusion_matrix(source_probs, source_labels, confusion_mask, hard=hard)
-    target_pred = label_shift.predicted_distribution(target_probs, target_mask, hard=hard)
-    weights = label_shift.estimate_weights(
-        method,
-        confusion=confusion,
-        source_pred_dist=confusion.sum(axis=1),
-        target_pred_dist=target_pred,
-        reg=reg,
-        lam=1.0,
-        num_classes=num_classes,
+    sample = label_shift.ShiftSample(
+        source_probs=source_probs,
+        source_labels=source_labels,
+        target_probs=target_probs,
+        source_mask=confusion_mask,
+        target_mask=target_mask,
     )
-    return WeightEstimate(weights=weights, sample_dist=confusion.sum(axis=0))
+    weights = label_shift.estimate(method, sample, **dict(options))
+    conf_dist = label_shift.label_distribution(source_labels, num_classes, confusion_mask)
+    return WeightEstimate(weights=weights, sample_dist=conf_dist)
 
 
 @partial(
     jax.jit,
-    static_argnames=("strategy", "budget", "diversify", "use_query_weights"),
+    static_argnames=("strategy", "budget", "diversify", "strategy_options"),
 )
 def query(
     key: jax.Array,
@@ -167,61 +167,60 @@ def query(
     estimate: WeightEstimate,
     train_weights: jax.Array,
     *,
-    strategy: str,
+    strategy: str | acquisition.Acquisition,
     budget: int,
     diversify: str,
     medial_lambda: float,
     lam: float,
-    p_min: float = 1e-3,
-    use_query_weights: bool = True,
+    strategy_options: tuple[tuple[str, Any], ...] = (),
+    committee_probs: jax.Array | None = None,
+    features: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Choose ``budget`` pool rows to label: returns (chosen, query_weight, offered), each [n].
 
-    ``probs`` [n, k] (already posterior-corrected if that is on), ``mc_probs`` [s, n, k]
-    for the MC strategies; the candidates are :func:`alsa_jax.pool.unlabeled_pool`. Scores
-    from :data:`alsa_jax.acquisition.ACQUISITIONS`, then the budget is spread over
+    ``probs`` [n, k] (already posterior-corrected if that is on); ``mc_probs`` [s, n, k],
+    ``committee_probs`` [S, n, k] and ``features`` [n, d] for the strategies that read them.
+    The candidates are :func:`alsa_jax.pool.unlabeled_pool`; the choice is
+    :func:`alsa_jax.acquisition.choose` of ``strategy`` (a name, an Acquisition or a score
+    function, with ``strategy_options``): for a scoring strategy the budget is spread over
     predicted classes (:func:`alsa_jax.selection.diversified_top_k`) unless ``diversify``
     is ``"none"`` (plain top-k). ``"medial"`` buys N ~ P_pool w_pool^lambda with w_pool
-    the estimate rebased onto the candidates' predicted-class mass P_pool, so that
-    lambda = 1 buys like the estimated target Q; the original's modes use the training
-    weights ``train_weights``. ``iwal`` streams forward over the rows no earlier round
-    offered, with probability p_min + (1 - p_min) * spread, and returns the 1/p weights of
-    the chosen rows (ones when ``use_query_weights`` is off) and the rows it offered.
+    the estimate rebased onto the candidates' predicted-class mass P_pool (mixed with
+    ``lam``), so that lambda = 1 buys like the estimated target Q; the original's modes use
+    the training weights ``train_weights``. ``iwal`` streams forward over the rows no
+    earlier round offered and returns the 1/p weights of the chosen rows and the rows it
+    offered.
     """
     available = pool.unlabeled_pool(state)
-    n = probs.shape[0]
-    if strategy == "iwal":
-        query_prob = acquisition.iwal_query_probability(mc_probs, p_min)
-        chosen, importance, offered = selection.iwal_select(
-            key, query_prob, available & ~state.offered, budget
-        )
-        query_weight = jnp.where(chosen, importance if use_query_weights else 1.0, 1.0)
-        return chosen, query_weight, offered
-    scores = acquisition.score(strategy, key, probs, mc_probs)
-    no_offer = jnp.zeros(n, bool)
-    ones = jnp.ones(n, dtype=jnp.float32)
-    if diversify == "none":
-        return selection.top_k(scores, available, budget), ones, no_offer
-    k = probs.shape[-1]
     predicted = jnp.argmax(probs, axis=-1)
     if diversify == "medial":
-        candidates = selection.candidates_per_class(available, predicted, k)
+        candidates = selection.candidates_per_class(available, predicted, probs.shape[-1])
         pool_dist = candidates / jnp.maximum(jnp.sum(candidates), 1)
         weights = label_shift.rebase_weights(
             estimate.weights, from_dist=estimate.sample_dist, to_dist=pool_dist, lam=lam
         )
     else:
         weights = train_weights
-    chosen = selection.diversified_top_k(
-        scores,
-        available,
-        predicted,
-        weights,
+    acq = acquisition.resolve(strategy)
+    ctx = acquisition.QueryContext(
+        key=key,
+        probs=probs,
+        available=available,
+        weights=weights,
+        predicted_labels=predicted,
+        mc_probs=mc_probs if acq.needs_mc else None,
+        committee_probs=committee_probs if acq.needs_committee else None,
+        features=features if acq.needs_features else None,
+        offered=state.offered,
+    )
+    return acquisition.choose(
+        acq,
+        ctx,
         budget,
         diversify=diversify,
         medial_lambda=medial_lambda,
+        **dict(strategy_options),
     )
-    return chosen, ones, no_offer
 
 
 def training_weights(

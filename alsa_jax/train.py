@@ -458,15 +458,22 @@ EvalInputFn = Callable[[jax.Array], jax.Array]
 
 
 @functools.partial(
-    jax.jit, static_argnames=("model", "batch_size", "num_samples", "input_fn", "members")
+    jax.jit,
+    static_argnames=("model", "batch_size", "num_samples", "input_fn", "members", "features"),
 )
-def _predict(model, variables, x, index, key, *, batch_size, num_samples, input_fn, members):
+def _predict(
+    model, variables, x, index, key, *, batch_size, num_samples, input_fn, members, features=False
+):
     n = index.shape[0]
     num_batches = max(1, -(-n // batch_size))
     pad = num_batches * batch_size - n
     batches = jnp.pad(index, (0, pad)).reshape(num_batches, batch_size)
 
     def apply(v, xb, rng):
+        if features:  # probabilities and penultimate features side by side: [B, k + d]
+            logits, feats = model.apply(v, xb, train=False, return_features=True)
+            probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+            return jnp.concatenate([probs, feats.astype(jnp.float32)], axis=-1)
         if rng is None:
             logits = model.apply(v, xb, train=False)
         else:
@@ -555,6 +562,38 @@ def predict_probs(
         input_fn=input_fn,
         members=False,
     )
+
+
+def predict_features(
+    model: nn.Module,
+    state: TrainState,
+    x: jax.Array,
+    *,
+    batch_size: int = 512,
+    index: jax.Array | None = None,
+    input_fn: EvalInputFn | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Class probabilities [n, k] and penultimate features [n, d] in one inference pass.
+
+    The features are what the model returns with ``return_features=True`` (the input of
+    its output layer). Arguments as in :func:`predict_probs`.
+    """
+    x, index = _prediction_inputs(x, index, batch_size)
+    variables, x, index = parallel.replicate((_variables(state), x, index))
+    joint = _predict(
+        model,
+        variables,
+        x,
+        index,
+        None,
+        batch_size=_effective_batch_size(index.shape[0], batch_size),
+        num_samples=0,
+        input_fn=input_fn,
+        members=False,
+        features=True,
+    )
+    k = model.num_classes
+    return joint[:, :k], joint[:, k:]
 
 
 def ensemble_probs(

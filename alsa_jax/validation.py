@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 
 def is_concrete(x: Any) -> bool:
@@ -134,3 +135,166 @@ def check_budget(name: str, budget: int, available: Any) -> None:
             raise ValueError(
                 f"{name}={budget} is larger than the {count} available points; lower it"
             )
+
+
+# --- value checks computed with the result ---------------------------------------------
+#
+# A public function whose jitted core also returns a ValueReport checks the values of its
+# arguments at the cost of one small transfer: the statistics are reduced on the device
+# in the same computation as the result, and :func:`raise_if_invalid` reads them back
+# once. Under jit or vmap the report holds tracers, is skipped, and XLA drops its
+# unused reductions, so the checks cost nothing there.
+
+
+@struct.dataclass
+class ValueReport:
+    """Value statistics of a function's arguments, reduced on the device.
+
+    ``values`` float32 [m] concatenates the statistics of every check; ``checks`` (static)
+    holds one ``(kind, name, size, params)`` entry per check, in order.
+    """
+
+    values: jax.Array
+    checks: tuple = struct.field(pytree_node=False, default=())
+
+
+def _scalars(*xs: Any) -> jax.Array:
+    """Scalar statistics as one float32 vector. Only min / max / sum reductions are used:
+    they propagate NaN and inf, so finiteness needs no reductions of its own, and XLA
+    fuses them into few kernels (a check costs a few microseconds on CPU)."""
+    return jnp.stack([jnp.asarray(x).astype(jnp.float32) for x in xs])
+
+
+def distribution_stats(name: str, p: Any, *, axis: int = -1, atol: float = 1e-3) -> tuple:
+    """Statistics for :func:`check_distribution`'s rule (jittable): an entry of a report."""
+    arr = jnp.asarray(p)
+    sums = arr.sum(axis=axis)
+    return ("distribution", name, (axis, atol)), _scalars(arr.min(), sums.min(), sums.max())
+
+
+def mass_stats(name: str, x: Any, *, atol: float = 1e-3) -> tuple:
+    """Statistics for a non-negative array summing to 1, or all zeros (jittable)."""
+    arr = jnp.asarray(x)
+    return ("mass", name, (atol,)), _scalars(arr.min(), arr.sum())
+
+
+def labels_stats(name: str, labels: Any, num_classes: int) -> tuple:
+    """Statistics for :func:`check_labels`'s range rule (jittable; the dtype and rank are
+    checked on the host by :func:`check_labels`)."""
+    labels = jnp.asarray(labels)
+    return ("labels", name, (int(num_classes),)), _scalars(labels.min(), labels.max())
+
+
+def nonnegative_stats(name: str, x: Any, *, strict: bool = False) -> tuple:
+    """Statistics for "every entry >= 0" (> 0 when ``strict``) and finite (jittable)."""
+    arr = jnp.asarray(x)
+    return ("nonnegative", name, (strict, arr.ndim == 0)), _scalars(arr.min(), arr.max())
+
+
+def finite_stats(name: str, x: Any) -> tuple:
+    """Statistics for "every entry finite" (jittable): sum(0 * x) is NaN iff one is not."""
+    arr = jnp.asarray(x)
+    return ("finite", name, ()), _scalars(jnp.sum(arr * 0))
+
+
+def range_stats(name: str, x: Any, low: float, high: float) -> tuple:
+    """Statistics for a scalar in the closed interval [low, high] (jittable)."""
+    return ("range", name, (low, high)), _scalars(x)
+
+
+def budget_stats(name: str, budget: Any, available: Any) -> tuple:
+    """Statistics for "``budget`` <= the number of available rows" (jittable)."""
+    return ("budget", name, ()), _scalars(budget, jnp.sum(jnp.asarray(available)))
+
+
+def value_report(*entries: tuple) -> ValueReport:
+    """Concatenate ``*_stats`` entries into one :class:`ValueReport` (jittable)."""
+    if not entries:
+        return ValueReport(values=jnp.zeros((0,), jnp.float32), checks=())
+    checks = tuple((*spec[:2], int(v.shape[0]), spec[2]) for spec, v in entries)
+    return ValueReport(values=jnp.concatenate([v for _, v in entries]), checks=checks)
+
+
+def raise_if_invalid(report: ValueReport) -> None:
+    """Raise the one-line ``ValueError`` of the first failed check of a concrete report.
+
+    One transfer of ``report.values`` to the host; nothing at all for a traced report.
+    """
+    if not report.checks or not is_concrete(report.values):
+        return
+    values = np.asarray(report.values)
+    start = 0
+    for kind, name, size, params in report.checks:
+        v = values[start : start + size]
+        start += size
+        _raise_for(kind, name, v, params)
+
+
+def run_checked(core: Any, *args: Any, **kwargs: Any) -> Any:
+    """``out, report = core(*args, **kwargs)``; raise for a failed check, else return ``out``."""
+    out, report = core(*args, **kwargs)
+    raise_if_invalid(report)
+    return out
+
+
+def check_integer_dtype(name: str, x: Any) -> None:
+    """Raise unless ``x`` holds integers (class indices)."""
+    dtype = getattr(x, "dtype", None) or np.asarray(x).dtype
+    if not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"{name} must hold integer class indices, got dtype {dtype}")
+
+
+def _raise_for(kind: str, name: str, v: np.ndarray, params: tuple) -> None:
+    finite = bool(np.all(np.isfinite(v)))
+    if kind == "distribution":
+        axis, atol = params
+        smallest, low_sum, high_sum = v
+        if not finite:
+            raise ValueError(f"{name} has non-finite entries; pass probabilities")
+        if smallest < -atol:
+            raise ValueError(f"{name} has negative entries; pass probabilities (softmax outputs)")
+        worst = low_sum if abs(low_sum - 1.0) > abs(high_sum - 1.0) else high_sum
+        if abs(worst - 1.0) > atol:
+            raise ValueError(
+                f"{name} must sum to 1 along axis {axis} (found a sum of {worst:.4g}); "
+                "pass probabilities, not logits"
+            )
+    elif kind == "mass":
+        (atol,) = params
+        smallest, total = v
+        if not finite:
+            raise ValueError(f"{name} has non-finite entries; pass a probability distribution")
+        if smallest < -atol:
+            raise ValueError(f"{name} has negative entries; pass a probability distribution")
+        all_zero = smallest >= 0 and total == 0
+        if not (all_zero or abs(total - 1.0) <= atol):
+            raise ValueError(f"{name} must sum to 1 (or be all zeros), found a sum of {total:.4g}")
+    elif kind == "labels":
+        (num_classes,) = params
+        if v[0] < 0 or v[1] >= num_classes:
+            raise ValueError(
+                f"{name} must lie in [0, {num_classes}), got values in [{int(v[0])}, {int(v[1])}]"
+            )
+    elif kind == "nonnegative":
+        strict, scalar = params
+        relation = "> 0" if strict else ">= 0"
+        if not (finite and (v[0] > 0 if strict else v[0] >= 0)):
+            if scalar:
+                got = f"{v[0]:.4g}"
+            else:
+                got = f"entries in [{v[0]:.4g}, {v[1]:.4g}]"
+            raise ValueError(f"{name} must be finite and {relation}, got {got}")
+    elif kind == "finite":
+        if not finite:
+            raise ValueError(f"{name} has non-finite entries (NaN or inf)")
+    elif kind == "budget":
+        if v[0] > v[1]:
+            raise ValueError(
+                f"{name}={int(v[0])} is larger than the {int(v[1])} available points; lower it"
+            )
+    elif kind == "range":
+        low, high = params
+        if not low <= v[0] <= high:
+            raise ValueError(f"{name} must lie in [{low}, {high}], got {v[0]:.6g}")
+    else:  # pragma: no cover - a programming error, not bad input
+        raise AssertionError(f"unknown check kind {kind!r}")

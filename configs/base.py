@@ -63,8 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.shift.initial_prop = 0.0  # fraction of the pool labeled up front
 
     config.label_shift = ml_collections.ConfigDict()
-    config.label_shift.estimator = "rlls"  # none | bbse | rlls | oracle
+    config.label_shift.estimator = "rlls"  # none | bbse | rlls | mlls | oracle
     config.label_shift.rlls_reg = 1e-3
+    # mlls: calibration fitted on the held-out labeled sample first (bcts | ts | none).
+    config.label_shift.calibration = "bcts"
     config.label_shift.weight_lambda = 1.0  # w <- (1 - lambda) + lambda * w
     config.label_shift.iterative = True  # re-estimate the weights after every round
     config.label_shift.importance_weighting = True  # train with the weights w(y)
@@ -77,7 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.label_shift.soft_confusion = False  # confusion from probabilities instead of argmax
 
     config.query = ml_collections.ConfigDict()
-    # random | maxent | margin | least_confidence | bald | bald_vote | qbc | iwal
+    # random | maxent | margin | least_confidence | bald | bald_vote | qbc | iwal | badge
     config.query.strategy = "maxent"
     # How the budget is spread over predicted classes: none (top-k) | medial (N ~ P w^lambda)
     # | the original's guess (equal shares) | subguess (~ sqrt(w)) | overguess (~ w).

@@ -83,3 +83,18 @@ def test_bad_shapes_name_the_argument():
         metrics.classification_metrics(jnp.ones((3, 2)) / 2, jnp.zeros(4, dtype=jnp.int32))
     with pytest.raises(ValueError, match="target_dist"):
         metrics.source_shift(jnp.ones(3) / 3, jnp.ones(2) / 2)
+
+
+def test_confusion_counts_are_predicted_by_true_like_the_joint_confusion():
+    from alsa_jax import label_shift
+
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    pred = np.array([1, 0, 1, 2, 0, 2])
+    probs = jnp.asarray(_onehot_probs(pred, 3))
+    counts = metrics.confusion_counts(probs, jnp.asarray(labels))
+    # M[i, j]: predicted i, true j. Row 0 holds the rows predicted 0: true 0 once, true 2 once.
+    np.testing.assert_array_equal(counts, [[1, 0, 1], [1, 1, 0], [0, 0, 2]])
+    np.testing.assert_allclose(
+        counts / counts.sum(), label_shift.confusion_matrix(probs, jnp.asarray(labels)), atol=1e-7
+    )
+    assert not hasattr(metrics, "count_confusion")  # the [true, predicted] name is gone
