@@ -195,6 +195,8 @@ def _class_shares(
     if diversify == "overguess":
         return weights
     power = jnp.asarray(medial_lambda, jnp.float32)
+    # A lambda below float32's smallest normal number is 0 (the CPU flushes denormals).
+    power = jnp.where(power < jnp.finfo(jnp.float32).tiny, 0.0, power)
     # w ** 0 = 1 for every class (w = 0 included); for lambda > 0, w = 0 has no share.
     tilted = jnp.where(
         (weights > 0) | (power == 0), jnp.where(weights > 0, weights, 1.0) ** power, 0.0
