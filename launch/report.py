@@ -82,6 +82,7 @@ class RunResult:
         return len(self.rounds) >= self.total_rounds
 
     def series(self, name: str) -> np.ndarray:
+        """[rounds] values of one record field."""
         return np.array([float(r[name]) for r in self.rounds])
 
 
@@ -514,6 +515,7 @@ def write_report(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write the report of the folder given; print the tables; the exit code (0 or 2)."""
     parser = _Parser(prog="python -m launch.report", description=__doc__.splitlines()[0])
     parser.add_argument("workdir", help="the sweep's --workdir")
     parser.add_argument("--num_bootstrap", type=int, default=2000)

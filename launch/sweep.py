@@ -271,6 +271,7 @@ class Progress:
             self.live.__exit__(*exc)
 
     def update(self, snapshot: sweeps.Snapshot) -> None:
+        """Redraw the live line, or print a plain line when the counts changed."""
         line = progress_line(snapshot, self.total)
         if self.live is not None:
             self.live.update(Text(line))
@@ -281,6 +282,7 @@ class Progress:
             self._last_counts = counts
 
     def message(self, text: str) -> None:
+        """A line of its own (a run started, ended or failed)."""
         if self.live is not None:
             self.console.print(text, highlight=False)
         else:
@@ -306,7 +308,10 @@ def check_executor(args: argparse.Namespace) -> None:
         raise sweeps.SweepError(f"--max_requeues={args.max_requeues}: must be >= 0")
 
 
-def make_executor(args: argparse.Namespace, workdir: str):
+def make_executor(
+    args: argparse.Namespace, workdir: str
+) -> sweeps.LocalExecutor | sweeps.SubmititExecutor:
+    """The executor the flags ask for; the runs share one JAX compilation cache."""
     env = sweeps.run_environment(workdir)
     if args.executor == "local":
         return sweeps.LocalExecutor(sweeps.local_slots(args.parallel), env=env)
@@ -329,6 +334,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Check every run, claim the workdir, run what is left; the exit code (0, 1, 2, 130)."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     workdir = os.path.abspath(args.workdir)
     try:

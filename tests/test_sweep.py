@@ -1,6 +1,7 @@
 """Tests of sweeps: sweep files and their checks (alsa_jax/sweeps.py), the order in which runs
 start, the executors, and launch/sweep.py end to end on a tiny digits sweep."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -633,3 +634,41 @@ def test_a_failing_run_is_named_and_the_others_go_on(tmp_path):
     status = json.loads((workdir / "sweep_status.json").read_text())
     assert status["malls/target0.6/seed0"]["state"] == "failed"
     assert status["malls/target0.6/seed0"]["log"] == str(log)
+
+
+def test_progress_line_live_on_a_terminal_plain_in_a_log(capsys):
+    import io
+
+    from rich.console import Console
+
+    snapshot = sweeps.Snapshot(done=3, running=2, failed=1, left=4, eta_seconds=80.4)
+    line = "runs 3/10 done | 2 running | 1 failed | 4 left | ~1m20s left"
+    assert sweep_cli.progress_line(snapshot, 10) == line
+    waiting = sweeps.Snapshot(0, 2, 0, 8, None)
+    assert sweep_cli.progress_line(waiting, 10).endswith("| time left: estimating")
+    assert sweep_cli.progress_line(sweeps.Snapshot(0, 1, 0, 0, 7300), 1).endswith("~2h01m left")
+
+    # Not a terminal: one plain line per change of the counts, none for the estimate alone.
+    plain = sweep_cli.Progress(10, console=Console(file=io.StringIO(), force_terminal=False))
+    with plain:
+        plain.update(snapshot)
+        plain.update(dataclasses.replace(snapshot, eta_seconds=60.0))
+        plain.message("done    a/b/seed0 (3s)")
+        plain.update(dataclasses.replace(snapshot, done=4, left=3))
+    assert capsys.readouterr().out.splitlines() == [
+        line,
+        "done    a/b/seed0 (3s)",
+        "runs 4/10 done | 2 running | 1 failed | 3 left | ~1m20s left",
+    ]
+
+    # A terminal: rich's live line, redrawn in place, messages printed above it.
+    screen = io.StringIO()
+    live = sweep_cli.Progress(10, console=Console(file=screen, force_terminal=True, width=100))
+    assert live.live is not None
+    with live:
+        live.update(snapshot)
+        live.message("done    a/b/seed0 (3s)")
+        live.live.refresh()
+        assert "runs 3/10 done" in screen.getvalue()
+    assert "done    a/b/seed0 (3s)" in screen.getvalue()
+    assert capsys.readouterr().out == ""

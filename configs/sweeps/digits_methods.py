@@ -4,7 +4,11 @@
         --sweep configs/sweeps/digits_methods.py --workdir runs/digits_methods
     python -m launch.report runs/digits_methods
 
-3 methods x 3 seeds = 9 runs, three h0.
+3 methods x 3 seeds = 9 runs sharing three h0; sweep and report take a few minutes on 2 CPU
+cores. One change to configs/digits.py: a warm start of 0.15 / 1.15 of the 1000 examples
+(about 130 labels) instead of half of them (500), so that accuracy still has room to grow
+while labels are bought; with 500 warm-start labels every method starts at 0.96-0.97 and the
+curves differ by less than their noise.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ METHODS = {
     "malls_maxent": paper.malls("maxent"),
 }
 
+# configs/digits.py's shift, named.
 SHIFTS = {"dirichlet_target-0.6": {"shift.strategy": "dirichlet_target", "shift.alpha": 0.6}}
 
 
 def get_sweep() -> list[sweeps.Run]:
-    return sweeps.grid(METHODS, SHIFTS, seeds=range(3))
+    return sweeps.grid(METHODS, SHIFTS, range(3), common={"shift.warmstart_ratio": 0.15})
