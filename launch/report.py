@@ -88,11 +88,11 @@ class RunResult:
 
 def is_uncorrected(config: Mapping[str, Any]) -> bool:
     """A baseline: no weight estimate (w = 1) and no posterior correction."""
-    ls = config["label_shift"]
+    ls = config.get("label_shift", {})
     return (
-        ls["estimator"] == "none"
-        and not ls["posterior_correction_scoring"]
-        and not ls["posterior_correction_eval"]
+        ls.get("estimator") == "none"
+        and not ls.get("posterior_correction_scoring", False)
+        and not ls.get("posterior_correction_eval", False)
     )
 
 
@@ -110,8 +110,8 @@ def load_runs(workdir: str) -> list[RunResult]:
             with open(path) as f:
                 results = json.load(f)
             rounds, config = results["rounds"], results["config"]
-        except (OSError, ValueError, KeyError) as error:
-            raise ReportError(f"{path} cannot be read: {error}") from None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ReportError(f"{path} cannot be read: {error!r}") from None
         if not rounds:
             continue
         if "labels_paid" not in rounds[0]:
@@ -119,6 +119,12 @@ def load_runs(workdir: str) -> list[RunResult]:
                 f"{path} has no labels_paid (written by an older replicate driver); "
                 "re-run that run to report it"
             )
+        missing = [
+            name for name in ("accuracy", *SUMMARY_METRICS) if any(name not in r for r in rounds)
+        ]
+        if missing or not isinstance(config.get("query", {}).get("num_batches"), int):
+            field = missing[0] if missing else "config.query.num_batches"
+            raise ReportError(f"{path} has no {field}; it is not a replicate run's results")
         runs.append(RunResult(method, shift, int(match.group(1)), rounds, config))
     if not runs:
         raise ReportError(

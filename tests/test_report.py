@@ -306,7 +306,7 @@ def test_cli_prints_the_table_and_rewrites_the_report(tmp_path):
     assert (workdir / "report" / "report.md").exists()
 
 
-@pytest.mark.parametrize("case", ["empty", "missing", "old_results", "bad_flag"])
+@pytest.mark.parametrize("case", ["empty", "missing", "old_results", "foreign", "bad_flag"])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     workdir = tmp_path / "sweep"
     workdir.mkdir()
@@ -319,6 +319,10 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
         data = json.loads(path.read_text())
         data["rounds"][0].pop("labels_paid")
         path.write_text(json.dumps(data))
+    elif case == "foreign":
+        path = workdir / "a" / "b" / "seed0" / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"config": {}, "rounds": [{"labels_paid": 3}]}))
     elif case == "bad_flag":
         args += ["--num_bootstrap", "0"]
     before = sorted(p.name for p in workdir.rglob("*"))
@@ -331,6 +335,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
         "empty": "no runs with results",
         "missing": "is not a folder",
         "old_results": "has no labels_paid",
+        "foreign": "has no accuracy; it is not a replicate run's results",
         "bad_flag": "--num_bootstrap",
     }[case]
     assert expected in lines[0]
