@@ -28,6 +28,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -326,6 +327,34 @@ def _stop(process: subprocess.Popen, grace: float = 20.0) -> None:
             process.wait()
 
 
+def _stop_pid(pid: int, grace: float = 20.0) -> None:
+    """SIGTERM the child ``pid``, SIGKILL after ``grace`` seconds, and reap it.
+
+    Waits with ``os.waitpid`` itself: :meth:`RunJob.checkpoint` runs in a signal handler
+    that may have interrupted ``Popen.wait`` on the same child, whose lock it still holds.
+    """
+
+    def reaped() -> bool:
+        try:
+            return os.waitpid(pid, os.WNOHANG)[0] == pid
+        except ChildProcessError:  # already reaped
+            return True
+
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if reaped():
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
 class RunJob(submitit.helpers.Checkpointable):
     """One run as a submitit job: start the replicate command and wait for it.
 
@@ -354,8 +383,9 @@ class RunJob(submitit.helpers.Checkpointable):
             os.close(lock_fd)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Stop the replicate process and requeue this job (called on SIGUSR2)."""
         if self._process is not None:
-            _stop(self._process)
+            _stop_pid(self._process.pid)
         self._process = None
         return super().checkpoint(*args, **kwargs)
 

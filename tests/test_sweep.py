@@ -453,6 +453,10 @@ def test_local_executor_pins_each_run_to_its_share(tmp_path):
     assert not sweeps.is_locked(str(tmp_path / "t"))  # released when the run ended
 
 
+class _Requeued(Exception):
+    pass
+
+
 def test_run_job_skips_complete_or_locked_runs_and_requeues_itself(tmp_path):
     directory = str(tmp_path / "run")
     sleeper = (sys.executable, "-c", "import time; time.sleep(60)")
@@ -461,23 +465,63 @@ def test_run_job_skips_complete_or_locked_runs_and_requeues_itself(tmp_path):
     assert job() == sweeps.RUN_BUSY
     os.close(lock)
 
-    # Preemption: submitit calls checkpoint() while __call__ waits on the run.
-    result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("code", job()))
-    thread.start()
-    deadline = time.time() + 30
-    while job._process is None and time.time() < deadline:
-        time.sleep(0.05)
-    process = job._process
-    delayed = job.checkpoint()
-    thread.join(30)
-    assert process.poll() is not None  # the replicate process was stopped
+    # Preemption as submitit delivers it: SIGUSR2 reaches the job's main thread while it
+    # waits on the run; the handler calls checkpoint() and leaves by an exception.
+    def handler(signum, frame):
+        raise _Requeued(job.checkpoint())
+
+    def preempt_when_started():
+        deadline = time.time() + 30
+        while job._process is None and time.time() < deadline:
+            time.sleep(0.05)
+        started["process"] = job._process
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    started = {}
+    previous = signal.signal(signal.SIGUSR2, handler)
+    try:
+        helper = threading.Thread(target=preempt_when_started)
+        helper.start()
+        with pytest.raises(_Requeued) as requeued:
+            job()
+        helper.join()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    delayed = requeued.value.args[0]
+    process = started["process"]
+    with pytest.raises(ChildProcessError):  # stopped and reaped by checkpoint()
+        os.waitpid(process.pid, os.WNOHANG)
     assert isinstance(delayed, submitit.helpers.DelayedSubmission)
     assert delayed.function is job and job._process is None
     assert pickle.loads(pickle.dumps(job)).command == list(sleeper)  # picklable for requeue
+    assert not sweeps.is_locked(directory)  # the requeued job can take the run again
     write_results(directory, 3)
     assert job() == 0  # complete: nothing started
     assert (tmp_path / "run" / "run.log").read_text().count("=== ") == 1
+
+
+@pytest.mark.slow
+def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path):
+    directory = tmp_path / "run"
+    flags = [f"--config.{field}={value}" for field, value in TINY.items()]
+    flags.append(f"--config.h0_cache_dir={tmp_path / 'h0'}")
+    command = sweeps.replicate_command(os.path.join(ROOT, "configs", "digits.py"), directory, flags)
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "submitit"), cluster="local")
+    executor.update_parameters(timeout_min=60)
+    os.environ["PYTHONPATH"] = os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])
+    job = executor.submit(sweeps.RunJob(command, str(directory), {}))
+    deadline = time.time() + 300
+    while sweeps.progress(str(directory))[0] < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert not sweeps.is_complete(str(directory))
+    controller = job._process.pid
+    (task,) = open(f"/proc/{controller}/task/{controller}/children").read().split()
+    os.kill(int(task), signal.SIGUSR2)  # what Slurm sends before preemption or time-out
+    assert job.result() == 0
+    assert "this job is preempted" in job.stderr() and "Requeued job" in job.stdout()
+    log = (directory / "run.log").read_text()
+    assert log.count("=== ") == 2 and "resuming" in log
+    assert sweeps.is_complete(str(directory))
 
 
 def test_slurm_job_arrays_carry_partition_time_gpus_and_requeue(tmp_path):
