@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 command = sweeps.replicate_command(
                     spec, sweeps.run_dir(workdir, run), run_overrides
                 )
-                print(" ".join(command))
+                print(shlex.join(command))
             return 0
         claim_workdir(workdir, record)
         executor = make_executor(args, workdir)
