@@ -451,6 +451,11 @@ def test_local_executor_pins_each_run_to_its_share(tmp_path):
     assert f"[{core}] x" in log and log.startswith("=== ")
     assert sorted(os.sched_getaffinity(0)) != [core] or len(os.sched_getaffinity(0)) == 1
     assert not sweeps.is_locked(str(tmp_path / "t"))  # released when the run ended
+    lock = sweeps.try_lock(str(tmp_path / "t"))  # another sweep works on it
+    (busy,) = executor.start([task])
+    os.close(lock)
+    assert busy.returncode == sweeps.RUN_BUSY and executor.capacity() == 1
+    assert log == (tmp_path / "t" / "run.log").read_text()  # nothing started
 
 
 class _Requeued(Exception):
@@ -716,3 +721,26 @@ def test_progress_line_live_on_a_terminal_plain_in_a_log(capsys):
         assert "runs 3/10 done" in screen.getvalue()
     assert "done    a/b/seed0 (3s)" in screen.getvalue()
     assert capsys.readouterr().out == ""
+
+
+def test_readme_sweep_example_runs_as_a_dry_run(tmp_path, capsys):
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    section = readme.split("## Sweeps and reports", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    workdir = tmp_path / "sweep"
+    code, out, err = run_main(
+        capsys,
+        "--config",
+        os.path.join(ROOT, "configs", "digits.py"),
+        "--sweep",
+        write_sweep(tmp_path, example),
+        "--workdir",
+        str(workdir),
+        "--dry_run",
+    )
+    assert code == 0, err
+    commands = out.strip().splitlines()
+    assert len(commands) == 20  # 2 methods x 1 shift x 10 seeds
+    assert f"--workdir {workdir}/malls_maxent/dirichlet_mix-0.7/seed9 " in commands[-1]
+    assert "--config.label_shift.estimator=none" in commands[0]
+    assert not workdir.exists()
