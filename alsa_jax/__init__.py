@@ -9,6 +9,8 @@ Modules, one per concept of the paper (Zhao, Liu, Anandkumar, Yue; AISTATS 2021)
 - ``selection``: batch selection under a budget (top-k, medial class allocation, IWAL stream).
 - ``losses`` / ``metrics``: importance-weighted cross-entropy and evaluation figures.
 - ``models`` / ``train``: Flax models and the pure training state and steps.
+- ``data`` / ``augment``: datasets (TFDS) as host arrays, per-batch normalisation and
+  augmentation on the device; ``datasets``: the NABirds TFDS builder.
 """
 
 __version__ = "0.1.0"

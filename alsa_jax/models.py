@@ -1,10 +1,14 @@
 """Flax (Linen) classifiers of the paper's experiments and their swappable conv lowering.
 
-Every model is called as ``model.apply(variables, x, train=..., mc_dropout=...)`` with
-``x`` NHWC float32 ``[B, H, W, C]`` and returns logits ``[B, k]``. Dropout is active when
-``train or mc_dropout`` (PRNG stream ``"dropout"``); batch norm, where a model has it, uses
-batch statistics only when ``train``, so Monte-Carlo dropout passes keep it in inference
-mode (the original ran them with batch norm in training mode).
+Every model is called as
+``model.apply(variables, x, train=..., mc_dropout=False, return_features=False)`` with ``x``
+NHWC float32 ``[B, H, W, C]`` and returns logits ``[B, k]``; with ``return_features=True`` it
+returns ``(logits [B, k], features [B, d])``, the features being the penultimate
+representation: the input of the final dense head as the head sees it in inference mode
+(before the head's dropout). Dropout is active when ``train or mc_dropout`` (PRNG stream
+``"dropout"``); batch norm, where a model has it, uses batch statistics only when
+``train``, so Monte-Carlo dropout passes keep it in inference mode (the original ran them
+with batch norm in training mode).
 
 Models are Linen modules: stateless descriptions whose parameters (``params``) and batch
 statistics (``batch_stats``) are plain pytrees that jitted functions take and return, so the
@@ -20,6 +24,7 @@ and shapes, so parameters trained with one load into the other.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -157,20 +162,36 @@ def max_pool(x: jax.Array, window: int = 2, *, impl: str = "shifted_matmul") -> 
     return x.reshape(batch, out_h, window, out_w, window, channels).max(axis=(2, 4))
 
 
+def _outputs(
+    logits: jax.Array, features: jax.Array, return_features: bool
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    return (logits, features) if return_features else logits
+
+
 class MLP(nn.Module):
-    """flatten -> dense(hidden) -> relu -> dropout -> dense(num_classes): the small MNIST MLP."""
+    """flatten -> dense(hidden) -> relu -> dropout -> dense(num_classes): the small MNIST MLP.
+
+    Features: the ``[B, hidden]`` relu output.
+    """
 
     num_classes: int
     hidden: int = 64
     dropout_rate: float = 0.5
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool, mc_dropout: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        train: bool,
+        mc_dropout: bool = False,
+        return_features: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         stochastic = train or mc_dropout
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not stochastic)(x)
-        return nn.Dense(self.num_classes, name="head")(x)
+        features = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not stochastic)(features)
+        return _outputs(nn.Dense(self.num_classes, name="head")(x), features, return_features)
 
 
 class CNN(nn.Module):
@@ -179,7 +200,7 @@ class CNN(nn.Module):
 
     Convolutions are VALID, so a 28x28 input gives 26 -> 24 -> 12 and an 8x8 one
     8 -> 6 -> 4 -> 2. ``conv_impl`` picks the lowering (:data:`CONV_IMPLS`); parameters are
-    the same for both.
+    the same for both. Features: the ``[B, 128]`` relu output of the dense layer.
     """
 
     num_classes: int
@@ -192,22 +213,184 @@ class CNN(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool, mc_dropout: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        train: bool,
+        mc_dropout: bool = False,
+        return_features: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         deterministic = not (train or mc_dropout)
         x = nn.relu(Conv3x3(32, impl=self.conv_impl, name="conv1")(x))
         x = nn.relu(Conv3x3(64, impl=self.conv_impl, name="conv2")(x))
         x = max_pool(x, 2, impl=self.conv_impl)
         x = nn.Dropout(self.conv_dropout_rate, deterministic=deterministic)(x)
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(128, name="dense")(x))
-        x = nn.Dropout(self.dense_dropout_rate, deterministic=deterministic)(x)
-        return nn.Dense(self.num_classes, name="head")(x)
+        features = nn.relu(nn.Dense(128, name="dense")(x))
+        x = nn.Dropout(self.dense_dropout_rate, deterministic=deterministic)(features)
+        return _outputs(nn.Dense(self.num_classes, name="head")(x), features, return_features)
+
+
+# PyTorch's default initialisation, as the original's ResNets have it: weights uniform in
+# +-1/sqrt(fan_in) (kaiming_uniform with a = sqrt(5)); dense biases likewise.
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> Callable[..., jax.Array]:
+    """PyTorch's default bias initialisation: uniform in +-1/sqrt(fan_in)."""
+    bound = 1.0 / np.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Conv1x1(nn.Module):
+    """1x1 convolution with stride s and no bias: ``y[b, i, j] = x[b, s*i, s*j] @ K``.
+
+    ``x`` ``[B, H, W, C]`` -> ``[B, ceil(H/s), ceil(W/s), features]`` (PyTorch's 1x1 conv
+    without padding); parameter ``kernel`` ``[1, 1, C, features]`` as ``nn.Conv``. It is a
+    matmul in every lowering.
+    """
+
+    features: int
+    strides: int = 1
+    kernel_init: Callable[..., Any] = torch_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        validation.check_rank("x", x, 4)
+        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features))
+        if self.strides > 1:
+            x = x[:, :: self.strides, :: self.strides, :]
+        return x @ kernel.reshape(x.shape[-1], self.features).astype(x.dtype)
+
+
+def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
+    # PyTorch's BatchNorm2d: running averages updated with weight 0.1, eps 1e-5.
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+class BasicBlock(nn.Module):
+    """The ResNet basic block: ``relu(bn(conv3x3(relu(bn(conv3x3_s(x))))) + shortcut(x))``.
+
+    The first 3x3 convolution has stride s; both pad by 1 and have no bias. The shortcut is
+    the identity, or ``bn(conv1x1_s(x))`` when s > 1 or the channel count changes.
+    ``[B, H, W, C] -> [B, ceil(H/s), ceil(W/s), features]``.
+    """
+
+    features: int
+    strides: int = 1
+    conv_impl: str = "shifted_matmul"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        conv = functools.partial(
+            Conv3x3,
+            self.features,
+            padding=1,
+            use_bias=False,
+            impl=self.conv_impl,
+            kernel_init=torch_kernel_init,
+        )
+        y = conv(strides=self.strides, name="conv1")(x)
+        y = nn.relu(_batch_norm(train, "bn1")(y))
+        y = conv(name="conv2")(y)
+        y = _batch_norm(train, "bn2")(y)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = Conv1x1(self.features, self.strides, name="shortcut_conv")(x)
+            x = _batch_norm(train, "shortcut_bn")(x)
+        return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """The original's ResNet with the CIFAR stem and a two-layer dense head.
+
+    ``conv3x3(64) -> bn -> relu`` (stride 1, no max-pool), four stages of basic blocks with
+    64, 128, 256, 512 channels (``stage_sizes`` blocks each; the first block of stages 2-4
+    has stride 2), global average pooling, then ``fc1 = dense(max(num_classes, 128))`` with
+    no activation, dropout ``dropout_rate`` and ``fc2 = dense(num_classes)``. A 32x32 input
+    leaves stage 4 at 4x4, a 150x150 input at 19x19. Features: fc1's output ``[B, max(k, 128)]``.
+
+    Batch norm follows PyTorch (momentum 0.1, eps 1e-5) and keeps its running statistics in
+    the ``batch_stats`` collection; weights are initialised as PyTorch's defaults.
+    ``conv_impl`` picks the 3x3 lowering (:data:`CONV_IMPLS`), parameters are the same for both.
+    """
+
+    num_classes: int
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    conv_impl: str = "shifted_matmul"
+    dropout_rate: float = 0.25
+
+    def __post_init__(self) -> None:
+        validation.check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        train: bool,
+        mc_dropout: bool = False,
+        return_features: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        validation.check_rank("x", x, 4)
+        x = Conv3x3(
+            64,
+            padding=1,
+            use_bias=False,
+            impl=self.conv_impl,
+            kernel_init=torch_kernel_init,
+            name="stem_conv",
+        )(x)
+        x = nn.relu(_batch_norm(train, "stem_bn")(x))
+        for stage, blocks in enumerate(self.stage_sizes):
+            for block in range(blocks):
+                x = BasicBlock(
+                    64 * 2**stage,
+                    strides=2 if stage > 0 and block == 0 else 1,
+                    conv_impl=self.conv_impl,
+                    name=f"stage{stage + 1}_block{block + 1}",
+                )(x, train=train)
+        x = jnp.mean(x, axis=(1, 2))
+        latent = max(self.num_classes, 128)
+        features = nn.Dense(
+            latent,
+            kernel_init=torch_kernel_init,
+            bias_init=torch_bias_init(x.shape[-1]),
+            name="fc1",
+        )(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not (train or mc_dropout))(features)
+        logits = nn.Dense(
+            self.num_classes,
+            kernel_init=torch_kernel_init,
+            bias_init=torch_bias_init(latent),
+            name="fc2",
+        )(x)
+        return _outputs(logits, features, return_features)
+
+
+class ResNet18(ResNet):
+    """ResNet-18 (two basic blocks per stage): the original's CIFAR-10/100 network."""
+
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+
+
+class ResNet34(ResNet):
+    """ResNet-34 (3, 4, 6, 3 basic blocks): the original's NABirds network."""
+
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
 
 
 # Name -> Linen module class; constructor keywords are the class's fields.
 MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "cnn": CNN,
+    "resnet18": ResNet18,
+    "resnet34": ResNet34,
 }
 
 

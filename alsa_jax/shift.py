@@ -376,6 +376,55 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name} must be < 1 so the other parts keep rows, got {value}")
 
 
+def check_split_options(
+    *,
+    strategy: str,
+    alpha: float,
+    dataset_cap: int,
+    warmstart_ratio: float,
+    test_size: int | None,
+    holdout_fraction: float,
+    target_fraction: float,
+    tweak_label: int,
+    tweak_rho: float,
+    initial_prop: float,
+    alpha_triple: tuple[float, float, float] | None,
+    num_classes: int | None = None,
+) -> tuple[float, float, float]:
+    """Check the options of :func:`make_splits`; returns the (warm, pool, test) Dirichlet alphas.
+
+    Raises a one-line ``ValueError`` naming the first bad option. ``num_classes`` (when
+    known) bounds ``tweak_label``; without it only its type and sign are checked.
+    """
+    validation.check_choice("strategy", strategy, STRATEGIES)
+    spec = STRATEGIES[strategy]
+    if num_classes is not None:
+        _check_num_classes(num_classes)
+    validation.check_positive("alpha", alpha)
+    _check_size("dataset_cap", dataset_cap, minimum=2)
+    validation.check_positive("warmstart_ratio", warmstart_ratio)
+    if test_size is not None:
+        _check_size("test_size", test_size)
+    _check_fraction("holdout_fraction", holdout_fraction)
+    _check_fraction("target_fraction", target_fraction)
+    validation.check_in_range("initial_prop", initial_prop, 0.0, 1.0)
+    upper = num_classes if num_classes is not None else np.iinfo(np.int32).max
+    if not isinstance(tweak_label, (int, np.integer)) or not 0 <= tweak_label < upper:
+        bound = f"[0, {num_classes - 1}]" if num_classes is not None else ">= 0"
+        raise ValueError(f"tweak_label must be a class in {bound}, got {tweak_label!r}")
+    validation.check_in_range("tweak_rho", tweak_rho, 0.0, 1.0)
+    alphas = spec.alphas or (alpha, alpha, alpha)
+    if spec.uses_alpha_triple:
+        if alpha_triple is None or len(tuple(alpha_triple)) != 3:
+            raise ValueError(
+                f"alpha_triple must be (warm, pool, test) concentrations for strategy "
+                f"{strategy!r}, got {alpha_triple!r}"
+            )
+        alphas = tuple(float(a) for a in alpha_triple)
+        validation.check_positive("alpha_triple", np.asarray(alphas))
+    return alphas
+
+
 def make_splits(
     key: jax.Array,
     train_labels: Any,
@@ -418,31 +467,21 @@ def make_splits(
     ``initial_prop`` of the valid pool slots (rounded) are marked ``initially_labeled``,
     chosen at random. Runs eagerly (it dispatches on ``strategy``); deterministic in ``key``.
     """
-    validation.check_choice("strategy", strategy, STRATEGIES)
+    alphas = check_split_options(
+        strategy=strategy,
+        alpha=alpha,
+        dataset_cap=dataset_cap,
+        warmstart_ratio=warmstart_ratio,
+        test_size=test_size,
+        holdout_fraction=holdout_fraction,
+        target_fraction=target_fraction,
+        tweak_label=tweak_label,
+        tweak_rho=tweak_rho,
+        initial_prop=initial_prop,
+        alpha_triple=alpha_triple,
+        num_classes=num_classes,
+    )
     spec = STRATEGIES[strategy]
-    _check_num_classes(num_classes)
-    validation.check_positive("alpha", alpha)
-    _check_size("dataset_cap", dataset_cap, minimum=2)
-    validation.check_positive("warmstart_ratio", warmstart_ratio)
-    if test_size is not None:
-        _check_size("test_size", test_size)
-    _check_fraction("holdout_fraction", holdout_fraction)
-    _check_fraction("target_fraction", target_fraction)
-    validation.check_in_range("initial_prop", initial_prop, 0.0, 1.0)
-    if not isinstance(tweak_label, (int, np.integer)) or not 0 <= tweak_label < num_classes:
-        raise ValueError(
-            f"tweak_label must be a class in [0, {num_classes - 1}], got {tweak_label!r}"
-        )
-    validation.check_in_range("tweak_rho", tweak_rho, 0.0, 1.0)
-    alphas = spec.alphas or (alpha, alpha, alpha)
-    if spec.uses_alpha_triple:
-        if alpha_triple is None or len(tuple(alpha_triple)) != 3:
-            raise ValueError(
-                f"alpha_triple must be (warm, pool, test) concentrations for strategy "
-                f"{strategy!r}, got {alpha_triple!r}"
-            )
-        alphas = tuple(float(a) for a in alpha_triple)
-        validation.check_positive("alpha_triple", np.asarray(alphas))
 
     validation.check_labels("train_labels", train_labels, num_classes)
     validation.check_labels("test_labels", test_labels, num_classes)

@@ -8,7 +8,7 @@ sweep is exactly the run a user would start by hand, and it resumes from its own
 checkpoints when started again.
 
 This module holds what the sweep driver (``launch/sweep.py``) and a cluster job share:
-loading and checking sweep files, the flags of a run, the h0 groups, reading a run's
+loading and checking sweep files, the flags of a run, reading a run's
 progress from its ``results.json``, the per-run lock that keeps two processes out of one
 run directory, and the executors (local processes with a share of the cores or one
 accelerator each; Slurm or local jobs through submitit). It imports no JAX, so that a
@@ -36,12 +36,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import submitit
-
-# Fields whose overrides never change the initial network h0: the query strategy and the
-# label-shift estimate act after h0 is trained. Every other override may change h0's
-# cache key (computed by the replicate driver), so runs differing in one are put in
-# different h0 groups.
-H0_FREE_PREFIXES = ("query.", "label_shift.")
 
 # A run directory's name parts: letters, digits and . _ + - (no separators, no "..").
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -188,18 +182,6 @@ def run_flags(run: Run) -> list[str]:
     """The ``--config.<field>=<value>`` flags of ``run``, seed first."""
     overrides = {"seed": run.seed, **{k: v for k, v in run.overrides.items() if k != "seed"}}
     return [f"--config.{field}={flag_value(value)}" for field, value in overrides.items()]
-
-
-def h0_group(run: Run) -> tuple[tuple[str, str], ...]:
-    """The key of the runs that share one h0: every override outside ``query.*`` and
-    ``label_shift.*`` (seed, shift preset, model, training settings), as flag text."""
-    return tuple(
-        sorted(
-            (field, flag_value(value))
-            for field, value in {**run.overrides, "seed": run.seed}.items()
-            if not field.startswith(H0_FREE_PREFIXES)
-        )
-    )
 
 
 def run_dir(workdir: str, run: Run) -> str:
@@ -399,12 +381,16 @@ class RunJob(submitit.helpers.Checkpointable):
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """A run ready to execute: its name, directory, command and h0 group."""
+    """A run ready to execute: its name, directory, command and h0 group.
+
+    Runs of one ``group`` (any hashable, e.g. the fingerprint of their h0 cache key) share
+    one initial network: the first to start trains it, the others wait for it.
+    """
 
     name: str
     directory: str
     command: tuple[str, ...]
-    group: tuple
+    group: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -739,7 +725,7 @@ def execute(
     started: dict[str, float] = {}
     failures: dict[str, Failure] = {}
     durations: list[float] = []
-    ready_groups: set[tuple] = set()
+    ready_groups: set[Any] = set()
     by_name = {task.name: task for task in tasks}
     say = on_message or (lambda text: None)
     for task in tasks:

@@ -120,6 +120,7 @@ def learning_rate_at(
     Pure Python, for use outside ``jit``.
     """
     validation.check_choice("schedule", schedule, SCHEDULES)
+    validation.check_positive("gamma", gamma)
     validation.check_positive("epoch_progress", epoch_progress, strict=False)
     validation.check_positive("base_lr", base_lr, strict=False)
     validation.check_positive("warm_epochs", warm_epochs, strict=False)
@@ -181,8 +182,16 @@ def create_train_state(
     return parallel.replicate(state)
 
 
+InputFn = Callable[[jax.Array, jax.Array], jax.Array]
+"""``input_fn(x, key) -> x``: a batch as stored (e.g. uint8 images) to the model's float input,
+with the training augmentation drawn from ``key``; jittable, static output shape."""
+
+
 def make_train_step(
-    model: nn.Module, tx: optax.GradientTransformation
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    input_fn: InputFn | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """A jitted training step.
 
@@ -193,7 +202,10 @@ def make_train_step(
     ``sum_i m_i w_i CE_i / max(1, sum_i m_i)`` (:func:`losses.weighted_cross_entropy`) of
     the batch ``x [B, ...]``, ``labels [B]``, ``example_weight [B]``, ``mask [B]`` (0 for
     padding rows), with the optimizer's learning rate set to ``learning_rate`` (a traced
-    scalar: changing it does not recompile) and dropout drawn from ``key``. Batch-norm
+    scalar: changing it does not recompile) and dropout drawn from ``key``. With
+    ``input_fn`` the batch first goes through ``input_fn(x, key')`` inside the step (turning
+    stored images into normalised, augmented floats on the device), ``key'`` folded from
+    ``key``. Batch-norm
     models update their running statistics. ``metrics``: ``loss``, ``accuracy`` over the
     masked rows and ``count`` (their number). With several devices, B must be divisible by
     the device count and the batch is split over them; the state must then be replicated
@@ -208,6 +220,8 @@ def make_train_step(
             ("x", "labels", "example_weight", "mask"), x, labels, example_weight, mask
         )
         x = parallel.constrain_batch(x)
+        if input_fn is not None:
+            x = input_fn(x, jax.random.fold_in(key, 1))
         has_batch_norm = bool(state.batch_stats)
 
         def loss_fn(params):
@@ -274,7 +288,11 @@ def create_ensemble_state(
 
 
 def make_ensemble_train_step(
-    model: nn.Module, tx: optax.GradientTransformation, ensemble_size: int
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    ensemble_size: int,
+    *,
+    input_fn: InputFn | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The :func:`make_train_step` step vmapped over a stacked ensemble state.
 
@@ -282,7 +300,7 @@ def make_ensemble_train_step(
     its own dropout key (``split(key, S)``); the returned metrics are member means, so
     :func:`fit` trains an ensemble exactly as it trains one network.
     """
-    step = make_train_step(model, tx)
+    step = make_train_step(model, tx, input_fn=input_fn)
 
     def ensemble_step(state, x, labels, example_weight, mask, learning_rate, key):
         keys = jax.random.split(key, ensemble_size)
@@ -314,14 +332,14 @@ def _epoch_order(key: jax.Array, rows: jax.Array) -> jax.Array:
 def _batch_gatherer(batch_size: int, device_count: int) -> Callable[..., Any]:
     """Jitted gather of step ``s``'s batch from the device arrays (one compile per data shape)."""
 
-    def gather(data_x, data_y, example_weight, order, count, step, dropout_key):
+    def gather(data_x, x_index, data_y, example_weight, order, count, step, dropout_key):
         position = step * batch_size + jnp.arange(batch_size)
         # The last batch wraps around to the epoch's first rows: real examples (so batch
         # norm sees real data) that the mask keeps out of the loss.
         index = order[position % jnp.maximum(count, 1)]
         mask = position < count
         key = jax.random.fold_in(dropout_key, step)
-        return data_x[index], data_y[index], example_weight[index], mask, key
+        return data_x[x_index[index]], data_y[index], example_weight[index], mask, key
 
     if device_count == 1:
         return jax.jit(gather)
@@ -342,6 +360,8 @@ def fit(
     batch_size: int,
     lr_fn: Callable[[float], float],
     start_epoch: int = 0,
+    index: jax.Array | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> tuple[TrainState, dict[str, list[float]]]:
     """Train for ``epochs`` epochs on the rows of the fixed arrays where ``rows`` is True.
 
@@ -351,15 +371,27 @@ def fit(
     with learning rate ``lr_fn(e + s / steps_per_epoch)``. Batches are gathered on device
     from ``data_x [n, ...]``, ``data_y [n]`` and ``example_weight [n]``; the step always
     sees ``[batch_size]`` shapes, so any number of rows reuses one compile. Deterministic
-    given ``key``.
+    given ``key``. With ``index`` (int [n]), row i's input is ``data_x[index[i]]``: ``data_x``
+    is then a store of examples ``[N, ...]`` (each stored once, e.g. uint8 images) that the
+    rows point into, gathered batch by batch on the device.
+
+    ``on_step(examples)``, when given, is called after each step is dispatched with the
+    number of real (unmasked) examples in its batch, a host-side count: it never waits
+    for the device (e.g. :meth:`alsa_jax.progress.Phase.step`).
 
     Returns the trained state and per-epoch history ``{"loss": [...], "accuracy": [...]}``
     (means over the epoch's real rows).
     """
     validation.check_rank("rows", rows, 1)
-    validation.check_same_leading(
-        ("data_x", "data_y", "example_weight", "rows"), data_x, data_y, example_weight, rows
-    )
+    if index is None:
+        validation.check_same_leading(
+            ("data_x", "data_y", "example_weight", "rows"), data_x, data_y, example_weight, rows
+        )
+        index = jnp.arange(np.shape(rows)[0], dtype=jnp.int32)
+    else:
+        validation.check_same_leading(
+            ("index", "data_y", "example_weight", "rows"), index, data_y, example_weight, rows
+        )
     validation.check_positive("batch_size", batch_size)
     validation.check_positive("epochs", epochs, strict=False)
     parallel.check_batch_size("batch_size", batch_size)
@@ -374,10 +406,11 @@ def fit(
     gather = _batch_gatherer(int(batch_size), parallel.device_count())
     # With several devices: a state or data committed elsewhere (say restored onto one
     # device) is copied to every device once here, not on every step.
-    state, data_x, data_y, example_weight, rows = parallel.replicate(
+    state, data_x, index, data_y, example_weight, rows = parallel.replicate(
         (
             state,
             jnp.asarray(data_x),
+            jnp.asarray(index, jnp.int32),
             jnp.asarray(data_y),
             jnp.asarray(example_weight, jnp.float32),
             rows,
@@ -390,13 +423,22 @@ def fit(
         step_metrics = []
         for step in range(steps_per_epoch):
             x, y, w, mask, step_key = gather(
-                data_x, data_y, example_weight, order, count_arr, jnp.int32(step), dropout_key
+                data_x,
+                index,
+                data_y,
+                example_weight,
+                order,
+                count_arr,
+                jnp.int32(step),
+                dropout_key,
             )
             # A Python float (weakly typed) like a literal learning rate, so direct calls
             # of the step and fit share one compile.
             lr = float(lr_fn(epoch + step / steps_per_epoch))
             state, metrics = train_step(state, x, y, w, mask, lr, step_key)
             step_metrics.append(metrics)
+            if on_step is not None:
+                on_step(min(batch_size, count - step * batch_size))
         # One transfer per epoch; the steps above are dispatched without waiting.
         fetched = jax.device_get(step_metrics)
         counts = np.array([m["count"] for m in fetched], np.float64)
@@ -411,27 +453,43 @@ def fit(
 # Prediction.
 
 
-@functools.partial(jax.jit, static_argnames=("model", "batch_size", "num_samples"))
-def _predict(model, variables, x, key, *, batch_size, num_samples):
-    n = x.shape[0]
+EvalInputFn = Callable[[jax.Array], jax.Array]
+"""``input_fn(x) -> x``: stored examples to the model's float input at prediction time."""
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "batch_size", "num_samples", "input_fn", "members")
+)
+def _predict(model, variables, x, index, key, *, batch_size, num_samples, input_fn, members):
+    n = index.shape[0]
     num_batches = max(1, -(-n // batch_size))
     pad = num_batches * batch_size - n
-    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-    batches = x.reshape(num_batches, batch_size, *x.shape[1:])
+    batches = jnp.pad(index, (0, pad)).reshape(num_batches, batch_size)
 
-    def probs(xb, rng):
-        xb = parallel.constrain_batch(xb)
+    def apply(v, xb, rng):
         if rng is None:
-            logits = model.apply(variables, xb, train=False)
+            logits = model.apply(v, xb, train=False)
         else:
-            logits = model.apply(variables, xb, train=False, mc_dropout=True, rngs={"dropout": rng})
+            logits = model.apply(v, xb, train=False, mc_dropout=True, rngs={"dropout": rng})
         return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
-    def unbatch(p):  # [num_batches, batch_size, k] -> [n, k]
+    def probs(ib, rng):
+        ib = parallel.constrain_batch(ib)
+        xb = x[ib]
+        if input_fn is not None:
+            xb = input_fn(xb)
+        if members:  # a stacked committee: every member on the same batch, [S, B, k]
+            return jax.vmap(lambda v: apply(v, xb, rng))(variables)
+        return apply(variables, xb, rng)
+
+    def unbatch(p):  # [num_batches, (S,) batch_size, k] -> [(S,) n, k]
+        if members:
+            p = jnp.moveaxis(p, 1, 0)
+            return p.reshape(p.shape[0], num_batches * batch_size, -1)[:, :n]
         return p.reshape(num_batches * batch_size, -1)[:n]
 
     if num_samples == 0:
-        return unbatch(jax.lax.map(lambda xb: probs(xb, None), batches))
+        return unbatch(jax.lax.map(lambda ib: probs(ib, None), batches))
 
     def one_pass(pass_key):
         batch_ids = jnp.arange(num_batches)
@@ -451,32 +509,80 @@ def _effective_batch_size(n: int, batch_size: int) -> int:
     return min(batch_size, max(devices, -(-n // devices) * devices))
 
 
-def _check_predict_args(x: jax.Array, batch_size: int) -> None:
+def _prediction_inputs(
+    x: jax.Array, index: jax.Array | None, batch_size: int
+) -> tuple[jax.Array, jax.Array]:
     if np.ndim(x) < 2:
         raise ValueError(
             f"x must have a leading row dimension and features, got shape {np.shape(x)}"
         )
     validation.check_positive("batch_size", batch_size)
     parallel.check_batch_size("batch_size", batch_size)
+    if index is None:
+        index = jnp.arange(np.shape(x)[0], dtype=jnp.int32)
+    else:
+        validation.check_rank("index", index, 1)
+    return jnp.asarray(x), jnp.asarray(index, jnp.int32)
 
 
 def predict_probs(
-    model: nn.Module, state: TrainState, x: jax.Array, *, batch_size: int = 512
+    model: nn.Module,
+    state: TrainState,
+    x: jax.Array,
+    *,
+    batch_size: int = 512,
+    index: jax.Array | None = None,
+    input_fn: EvalInputFn | None = None,
 ) -> jax.Array:
     """Class probabilities ``softmax(f(x))`` in inference mode (no dropout, running BN). [n, k].
 
     ``x``: ``[n, ...]``, padded to whole batches of ``batch_size`` (split over the devices
-    when there are several); one compile per distinct ``n``.
+    when there are several); one compile per distinct ``n``. With ``index`` (int [n]) the
+    rows predicted are ``x[index]``, gathered batch by batch from the store ``x``; with
+    ``input_fn`` each gathered batch goes through it first (e.g. uint8 images to
+    normalised floats).
     """
-    _check_predict_args(x, batch_size)
-    variables, x = parallel.replicate((_variables(state), jnp.asarray(x)))
+    x, index = _prediction_inputs(x, index, batch_size)
+    variables, x, index = parallel.replicate((_variables(state), x, index))
     return _predict(
         model,
         variables,
         x,
+        index,
         None,
-        batch_size=_effective_batch_size(x.shape[0], batch_size),
+        batch_size=_effective_batch_size(index.shape[0], batch_size),
         num_samples=0,
+        input_fn=input_fn,
+        members=False,
+    )
+
+
+def ensemble_probs(
+    model: nn.Module,
+    state: TrainState,
+    x: jax.Array,
+    *,
+    batch_size: int = 512,
+    index: jax.Array | None = None,
+    input_fn: EvalInputFn | None = None,
+) -> jax.Array:
+    """Every member's probabilities for a stacked ensemble state (:func:`create_ensemble_state`).
+
+    One pass over the data with all members vmapped on each batch: ``[S, n, k]``, member
+    ``i`` equal to :func:`predict_probs` of ``member(state, i)``. Arguments as there.
+    """
+    x, index = _prediction_inputs(x, index, batch_size)
+    variables, x, index = parallel.replicate((_variables(state), x, index))
+    return _predict(
+        model,
+        variables,
+        x,
+        index,
+        None,
+        batch_size=_effective_batch_size(index.shape[0], batch_size),
+        num_samples=0,
+        input_fn=input_fn,
+        members=True,
     )
 
 
@@ -488,22 +594,28 @@ def mc_dropout_probs(
     *,
     num_samples: int,
     batch_size: int = 512,
+    index: jax.Array | None = None,
+    input_fn: EvalInputFn | None = None,
 ) -> jax.Array:
     """``num_samples`` Monte-Carlo dropout passes ``p_s(y | x)``. [s, n, k].
 
     Dropout is on, batch norm stays in inference mode (running averages; statistics are
     not updated). Pass ``s`` uses ``split(key, num_samples)[s]``, folded with the batch
-    index; deterministic given ``key`` (and ``batch_size``).
+    index; deterministic given ``key`` (and ``batch_size``). ``index`` and ``input_fn`` as
+    in :func:`predict_probs`.
     """
-    _check_predict_args(x, batch_size)
+    x, index = _prediction_inputs(x, index, batch_size)
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    variables, x, key = parallel.replicate((_variables(state), jnp.asarray(x), key))
+    variables, x, index, key = parallel.replicate((_variables(state), x, index, key))
     return _predict(
         model,
         variables,
         x,
+        index,
         key,
-        batch_size=_effective_batch_size(x.shape[0], batch_size),
+        batch_size=_effective_batch_size(index.shape[0], batch_size),
         num_samples=int(num_samples),
+        input_fn=input_fn,
+        members=False,
     )

@@ -25,11 +25,26 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.num_classes = 0  # npz: 0 = max label + 1
     config.dataset.test_fraction = 1 / 3  # digits: share of each class in the test part
     config.dataset.split_seed = 0  # digits: the fixed train/test split
+    # TFDS datasets (mnist, cifar10, cifar100, nabirds): TFDS's data_dir ("" = $TFDS_DATA_DIR
+    # or ~/tensorflow_datasets) and where raw downloads are read ("" = <data_dir>/downloads/manual).
+    config.dataset.data_dir = ""
+    config.dataset.manual_dir = ""
+    config.dataset.download = False  # let TFDS download what is absent (needs internet)
+    config.dataset.label_granularity = "grand"  # nabirds: child (22) | grand (228) | leaf
+    config.dataset.image_size = 200  # nabirds: stored side after the bounding-box crop
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "cnn"  # mlp | cnn
+    config.model.name = "cnn"  # mlp | cnn | resnet18 | resnet34
     config.model.conv_impl = "shifted_matmul"  # training: xla | shifted_matmul (same math)
     config.model.inference_conv_impl = "xla"  # prediction: XLA's conv is faster forward on CPU
+
+    # Batch augmentation on the device (alsa_jax.augment.PIPELINES): none | cifar | nabirds.
+    config.augment = ml_collections.ConfigDict()
+    config.augment.name = "none"
+    config.augment.crop_size = 150  # nabirds: random crop for training, centre crop at test
+    config.augment.padding = 4  # cifar: zero padding before the random crop
+    config.augment.rotation_degrees = 15.0  # cifar: rotation uniform in +-degrees
+    config.augment.horizontal_flip = True  # cifar: mirror with probability 1/2
 
     config.shift = ml_collections.ConfigDict()
     config.shift.strategy = "dirichlet_target"  # any name in alsa_jax.shift.STRATEGIES

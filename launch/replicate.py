@@ -1,563 +1,110 @@
 """Run one MALLS experiment end to end, resumable, watched in TensorBoard.
 
-    python -m launch.replicate --config configs/digits.py --workdir runs/digits
-    python -m launch.replicate --config configs/digits.py --workdir runs/d3 --config.seed=3
+Usage:
+  python -m launch.replicate --config configs/digits.py --workdir runs/digits
+  python -m launch.replicate --config configs/cifar10.py:small --workdir runs/c10 \\
+      --config.seed=3 --config.query.strategy=margin
 
-The algorithm, top to bottom (:func:`run`):
+Flags:
+  --config FILE[:ARG]   the experiment's config file (configs/*.py); ARG goes to its
+                        get_config (e.g. small, or a shift preset)
+  --config.FIELD=VALUE  override any config field (see configs/base.py for the fields)
+  --workdir DIR         where checkpoints, results and TensorBoard events go; running the
+                        same command again resumes the run after its last complete round
+  --progress MODE       live progress of long phases: auto (in a terminal only, the
+                        default), always, never
 
-1. cut the dataset into warm start / holdout / pool / target / test splits under the
-   configured label shift (``alsa_jax.shift``);
-2. train the initial network h0 on the warm start, or load it from the h0 cache shared
-   by every run with the same seed, data, shift and training settings;
-3. estimate the importance weights w = Q(y)/P(y) (BBSE / RLLS / oracle / none);
-4. for each of ``query.num_batches`` rounds: score the unlabeled pool, select a batch
-   (spread over predicted labels, e.g. as the medial N ~ P w^lambda), reveal its labels, fine-tune
-   on every labeled example with importance weights, re-estimate w, evaluate, and
-   checkpoint the round state.
-
-Re-running the same command with the same ``--workdir`` resumes after the last complete
-round and finishes with the same results as an uninterrupted run.
+The rounds themselves are library functions (alsa_jax.experiment): the shifted splits, the
+initial network h0, the weight estimates, and each round's query, reveal, fine-tuning,
+re-estimation and evaluation. This launcher adds what touches the outside world: the command
+line, the workdir, the cache of h0 shared by runs beside each other, Orbax checkpoints after
+every round, the results files, TensorBoard and the printed round lines.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
+import glob
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-import alsa_jax
-from alsa_jax import (
-    acquisition,
-    checkpoint,
-    data,
-    label_shift,
-    malls,
-    models,
-    parallel,
-    pool,
-    selection,
-    shift,
-    train,
-    validation,
-)
-from alsa_jax import logging as results_log
+T = TypeVar("T")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_PROGRESS = flags.DEFINE_enum(
+    "progress", "auto", ["auto", "always", "never"], "Live progress of long phases."
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Config fields of this launcher, not of the experiment's computation.
+LAUNCHER_FIELDS = ("h0_cache_dir", "checkpoint_keep")
 
 
-class ConfigError(ValueError):
-    """A config field holds a value that cannot run."""
+def _library():
+    """The library, imported on first use: ``--help`` and bad command lines answer at once."""
+    from alsa_jax import checkpoint, experiment
+
+    return checkpoint, experiment
 
 
-# ---------------------------------------------------------------------------------------
-# Config checks: every choice field is validated before anything is computed or written.
+def options_of(config: ml_collections.ConfigDict):
+    """The experiment's options, and this launcher's own fields checked, as one-line errors."""
+    _, experiment = _library()
+    options = experiment.Options.from_config(config, ignore=LAUNCHER_FIELDS)
+    keep = config.get("checkpoint_keep", 2)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise experiment.ConfigError(f"checkpoint_keep must be an integer >= 1, got {keep!r}")
+    return options
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raise a one-line :class:`ConfigError` naming the first unusable field."""
-    checks: list[Callable[[], Any]] = [
-        lambda: validation.check_choice("dataset.name", config.dataset.name, data.DATASETS),
-        lambda: validation.check_choice("model.name", config.model.name, models.MODELS),
-        lambda: validation.check_choice(
-            "model.conv_impl", config.model.conv_impl, models.CONV_IMPLS
-        ),
-        lambda: validation.check_choice(
-            "model.inference_conv_impl", config.model.inference_conv_impl, models.CONV_IMPLS
-        ),
-        lambda: validation.check_choice("shift.strategy", config.shift.strategy, shift.STRATEGIES),
-        lambda: validation.check_positive("shift.alpha", config.shift.alpha),
-        lambda: validation.check_positive("shift.dataset_cap", config.shift.dataset_cap),
-        lambda: validation.check_positive("shift.warmstart_ratio", config.shift.warmstart_ratio),
-        lambda: validation.check_in_range(
-            "shift.holdout_fraction", config.shift.holdout_fraction, 0, 0.9
-        ),
-        lambda: validation.check_in_range(
-            "shift.target_fraction", config.shift.target_fraction, 0, 0.9
-        ),
-        lambda: validation.check_in_range("shift.initial_prop", config.shift.initial_prop, 0, 1),
-        lambda: validation.check_choice(
-            "label_shift.estimator", config.label_shift.estimator, label_shift.ESTIMATORS
-        ),
-        lambda: validation.check_positive(
-            "label_shift.rlls_reg", config.label_shift.rlls_reg, strict=False
-        ),
-        lambda: validation.check_in_range(
-            "label_shift.weight_lambda", config.label_shift.weight_lambda, 0, 1
-        ),
-        lambda: validation.check_choice(
-            "query.strategy", config.query.strategy, acquisition.ACQUISITIONS
-        ),
-        lambda: validation.check_choice(
-            "query.diversify", config.query.diversify, selection.DIVERSIFY
-        ),
-        lambda: validation.check_positive("query.num_batches", config.query.num_batches),
-        lambda: validation.check_in_range("query.sample_prop", config.query.sample_prop, 0, 1),
-        lambda: validation.check_positive("query.mc_samples", config.query.mc_samples),
-        lambda: validation.check_positive("query.committee_size", config.query.committee_size),
-        lambda: validation.check_in_range("query.iwal_p_min", config.query.iwal_p_min, 1e-12, 1),
-        lambda: validation.check_choice(
-            "train.optimizer", config.train.optimizer, train.OPTIMIZERS
-        ),
-        lambda: validation.check_choice("train.schedule", config.train.schedule, train.SCHEDULES),
-        lambda: validation.check_positive("train.gamma", config.train.gamma),
-        lambda: validation.check_in_range("train.momentum", config.train.momentum, 0, 0.999),
-        lambda: validation.check_positive(
-            "train.weight_decay", config.train.weight_decay, strict=False
-        ),
-        lambda: validation.check_positive(
-            "train.warm_epochs", config.train.warm_epochs, strict=False
-        ),
-        lambda: validation.check_positive("train.eval_batch_size", config.train.eval_batch_size),
-        lambda: parallel.check_batch_size("train.batch_size", config.train.batch_size),
-        lambda: parallel.check_batch_size("train.eval_batch_size", config.train.eval_batch_size),
-        lambda: validation.check_in_range("shift.tweak_rho", config.shift.tweak_rho, 0, 1),
-        lambda: validation.check_positive("checkpoint_keep", config.checkpoint_keep),
-        lambda: validation.check_positive("train.learning_rate", config.train.learning_rate),
-        lambda: validation.check_positive(
-            "train.finetune_learning_rate", config.train.finetune_learning_rate
-        ),
-        lambda: validation.check_positive("train.batch_size", config.train.batch_size),
-        lambda: validation.check_positive(
-            "train.initial_epochs", config.train.initial_epochs, strict=False
-        ),
-        lambda: validation.check_positive(
-            "train.partial_epochs", config.train.partial_epochs, strict=False
-        ),
-    ]
-    if config.query.medial_lambda is not None and config.query.diversify != "medial":
-        checks.append(
-            _raise(
-                f"query.medial_lambda={config.query.medial_lambda} sets the medial distribution "
-                f"of query.diversify='medial', but query.diversify={config.query.diversify!r}; "
-                "set --config.query.diversify=medial or leave query.medial_lambda unset"
-            )
-        )
-    if config.query.strategy == "iwal" and config.query.diversify != "none":
-        checks.append(
-            _raise(
-                "query.strategy='iwal' streams the pool by its own query probabilities and takes "
-                "no class allocation; set --config.query.diversify=none"
-            )
-        )
-    if config.query.medial_lambda is not None:
-        checks.append(
-            lambda: validation.check_in_range(
-                "query.medial_lambda", config.query.medial_lambda, 0, 1
-            )
-        )
-    for check in checks:
-        try:
-            check()
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-
-
-def _raise(message: str) -> Callable[[], None]:
-    def fail() -> None:
-        raise ValueError(message)
-
-    return fail
-
-
-def check_known_fields(config: ml_collections.ConfigDict) -> None:
-    """Raise a :class:`ConfigError` for a field that the shared defaults do not have.
-
-    A config file that sets ``config.query.stratgy`` (a typo) would otherwise run the
-    default strategy silently.
-    """
-    from configs import base
-
-    def walk(node: Any, reference: Any, prefix: str) -> None:
-        for name in node.keys():
-            path = f"{prefix}{name}"
-            if name not in reference:
-                raise ConfigError(
-                    f"config field {path!r} is not known; see configs/base.py for the fields"
-                )
-            if isinstance(node[name], ml_collections.ConfigDict):
-                walk(node[name], reference[name], f"{path}.")
-
-    walk(config, base.get_config(), "")
+def __getattr__(name: str) -> Any:
+    if name == "ConfigError":  # one class for every bad config value
+        return _library()[1].ConfigError
+    raise AttributeError(name)
 
 
 # ---------------------------------------------------------------------------------------
-# Setup: data, splits, model. Pure given the config; nothing is written.
-
-
-@dataclasses.dataclass
-class Experiment:
-    """What stays fixed during a run: arrays on device, the model and its step functions."""
-
-    config: ml_collections.ConfigDict
-    workdir: str
-    num_classes: int
-    input_shape: tuple[int, ...]
-    model: Any  # trains
-    inference_model: Any  # predicts: same parameters, possibly another conv lowering
-    tx: Any
-    train_step: Callable
-    committee_step: Callable | None  # all committee members in one vmapped step (qbc)
-    source_index: np.ndarray  # the dataset row each source row holds
-    source_x: jax.Array  # warm start, holdout and pool rows, padding included
-    source_y: jax.Array
-    target_x: jax.Array  # unlabeled target sample (labels only for the oracle and errors)
-    target_y: jax.Array
-    target_valid: jax.Array
-    test_x: jax.Array
-    test_y: jax.Array
-    test_valid: jax.Array
-    initial_pool: pool.PoolState
-    budget: int
-    medial_lambda: float
-    use_holdout: bool
-    h0_key: dict
-
-
-def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
-    """Load the data, cut the shifted splits and build the model (no training yet)."""
-    check_known_fields(config)
-    check_config(config)
-    options = {k: v for k, v in config.dataset.items() if k != "name"}
-    dataset = data.load_dataset(config.dataset.name, **options)
-    k = dataset.num_classes
-    split_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
-    s = config.shift
-    splits = shift.make_splits(
-        split_key,
-        dataset.train_y,
-        dataset.test_y,
-        num_classes=k,
-        strategy=s.strategy,
-        alpha=s.alpha,
-        dataset_cap=s.dataset_cap,
-        warmstart_ratio=s.warmstart_ratio,
-        test_size=s.test_size or None,
-        holdout_fraction=s.holdout_fraction,
-        target_fraction=s.target_fraction,
-        tweak_label=s.tweak_label,
-        tweak_rho=s.tweak_rho,
-        initial_prop=s.initial_prop,
-        alpha_triple=tuple(s.alpha_triple) if s.alpha_triple else None,
-    )
-    source_indices, _, pool_state = pool.from_splits(splits)
-    if config.label_shift.estimator == "none":
-        # A method that needs no weight estimate pays for no held-out confusion sample.
-        pool_state = pool_state.replace(holdout=jnp.zeros_like(pool_state.holdout))
-    source_indices = np.asarray(source_indices)
-    target_idx, test_idx = np.asarray(splits.target.indices), np.asarray(splits.test.indices)
-
-    q = config.query
-    # Budgets count distinct examples: a resampled pool holds some examples in several rows.
-    pool_size = int(np.sum(np.asarray(pool_state.pool & pool_state.representative)))
-    buyable = int(np.sum(np.asarray(pool.unlabeled_pool(pool_state))))
-    budget = int(q.sample_prop * pool_size / q.num_batches)
-    if budget * q.num_batches > buyable:
-        raise ConfigError(
-            f"query.sample_prop={q.sample_prop} asks for {budget * q.num_batches} labels but "
-            f"only {buyable} pool rows are unlabeled (shift.initial_prop labels the rest); "
-            "lower one of them"
-        )
-    if budget < 1:
-        raise ConfigError(
-            f"query.sample_prop={q.sample_prop} buys no label per round from a pool of "
-            f"{pool_size} over {q.num_batches} rounds; raise it or lower query.num_batches"
-        )
-    # The paper's medial distribution sqrt(P Q) unless another lambda is set.
-    medial_lambda = 0.5 if q.medial_lambda is None else float(q.medial_lambda)
-
-    fields = models.MODELS[config.model.name].__dataclass_fields__
-    model_kwargs = {
-        name: value
-        for name, value in config.model.items()
-        if name in fields and name not in ("name", "parent")
-    }
-    model = models.create_model(config.model.name, k, **model_kwargs)
-    inference_model = model
-    if "conv_impl" in fields and config.model.inference_conv_impl:
-        inference_model = model.clone(conv_impl=config.model.inference_conv_impl)
-    t = config.train
-    tx = train.make_optimizer(
-        t.optimizer,
-        learning_rate=t.learning_rate,
-        momentum=t.momentum,
-        weight_decay=t.weight_decay,
-    )
-    h0_key = {
-        "version": alsa_jax.__version__,
-        "seed": config.seed,
-        "dataset": config.dataset.to_dict(),
-        "shift": config.shift.to_dict(),
-        "model": config.model.to_dict(),
-        "train": {
-            name: t[name]
-            for name in (
-                "optimizer",
-                "schedule",
-                "learning_rate",
-                "gamma",
-                "milestones",
-                "warm_epochs",
-                "momentum",
-                "weight_decay",
-                "batch_size",
-                "initial_epochs",
-            )
-        },
-    }
-    return Experiment(
-        config=config,
-        workdir=workdir,
-        num_classes=k,
-        input_shape=dataset.input_shape,
-        model=model,
-        inference_model=inference_model,
-        tx=tx,
-        train_step=train.make_train_step(model, tx),
-        committee_step=(
-            train.make_ensemble_train_step(model, tx, q.committee_size)
-            if q.strategy == "qbc"
-            else None
-        ),
-        source_index=source_indices,
-        source_x=jnp.asarray(dataset.train_x[source_indices]),
-        source_y=jnp.asarray(dataset.train_y[source_indices]),
-        target_x=jnp.asarray(dataset.test_x[target_idx]),
-        target_y=jnp.asarray(dataset.test_y[target_idx]),
-        target_valid=jnp.asarray(splits.target.valid),
-        test_x=jnp.asarray(dataset.test_x[test_idx]),
-        test_y=jnp.asarray(dataset.test_y[test_idx]),
-        test_valid=jnp.asarray(splits.test.valid),
-        initial_pool=pool_state,
-        budget=budget,
-        medial_lambda=medial_lambda,
-        use_holdout=bool(np.any(np.asarray(pool_state.holdout))),
-        h0_key=h0_key,
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# The steps of a round.
-
-
-def _lr_fn(
-    config: ml_collections.ConfigDict, *, finetune: bool, steps_per_epoch: int
-) -> Callable[[float], float]:
-    t = config.train
-    return lambda epoch: train.learning_rate_at(
-        epoch,
-        base_lr=t.finetune_learning_rate if finetune else t.learning_rate,
-        schedule=t.schedule,
-        gamma=t.gamma,
-        milestones=tuple(t.finetune_milestones if finetune else t.milestones),
-        warm_epochs=0 if finetune else t.warm_epochs,
-        steps_per_epoch=steps_per_epoch,
-    )
-
-
-def predict(exp: Experiment, state: train.TrainState, x: jax.Array) -> jax.Array:
-    return train.predict_probs(
-        exp.inference_model, state, x, batch_size=exp.config.train.eval_batch_size
-    )
-
-
-def train_distribution(exp: Experiment, pool_state: pool.PoolState) -> jax.Array:
-    """P_train [k]: the labeled rows' label mix that the training weights are relative to."""
-    return malls.source_distribution(
-        pool_state,
-        exp.source_y,
-        all_labeled=exp.config.label_shift.reweight_all_labeled,
-        num_classes=exp.num_classes,
-    )
-
-
-def class_weights(exp: Experiment, state: malls.RoundState) -> jax.Array:
-    """The current training weights w(y) = Q/P_train, mixed, [k]."""
-    return malls.class_weights(
-        state.estimate,
-        train_distribution(exp, state.pool),
-        lam=float(exp.config.label_shift.weight_lambda),
-    )
-
-
-def estimate(exp: Experiment, state: malls.RoundState) -> malls.WeightEstimate:
-    """Re-estimate w from fresh predictions on the labeled source and the target sample."""
-    ls = exp.config.label_shift
-    weights = class_weights(exp, state)
-    source_probs = predict(exp, state.train, exp.source_x)
-    if ls.correct_confusion_predictions:  # the original's posterior-corrected confusion
-        source_probs = label_shift.posterior_correction(source_probs, weights)
-    target_probs = predict(exp, state.train, exp.target_x)
-    if ls.correct_confusion_predictions:
-        target_probs = label_shift.posterior_correction(target_probs, weights)
-    return malls.estimate_weights(
-        source_probs,
-        exp.source_y,
-        malls.confusion_rows(
-            state.pool, use_holdout=exp.use_holdout, all_labeled=ls.reweight_all_labeled
-        ),
-        train_distribution(exp, state.pool),
-        target_probs,
-        exp.target_valid,
-        exp.target_y,
-        method=ls.estimator,
-        reg=float(ls.rlls_reg),
-        soft=bool(ls.soft_confusion),
-        num_classes=exp.num_classes,
-    )
-
-
-def finetune(
-    exp: Experiment,
-    state: malls.RoundState,
-    key: jax.Array,
-    *,
-    epochs: int,
-    initial: bool,
-    committee: bool = False,
-) -> train.TrainState:
-    """Train on every labeled row (h0: the warm start only) with importance weights.
-
-    With ``committee`` the query-by-committee networks train instead, all in one
-    vmapped step on the same batches.
-    """
-    ls = exp.config.label_shift
-    if initial:
-        rows = state.pool.warm
-        example_weight = jnp.ones(rows.shape, jnp.float32)
-    else:
-        rows = pool.training_mask(state.pool)
-        example_weight = malls.training_weights(
-            state.pool,
-            exp.source_y,
-            class_weights(exp, state),
-            importance_weighting=ls.importance_weighting and ls.estimator != "none",
-            all_labeled=ls.reweight_all_labeled,
-        )
-    network = state.committee if committee else state.train
-    init = jax.vmap(exp.tx.init) if committee else exp.tx.init
-    fresh = network.replace(opt_state=init(network.params))
-    trained, _ = train.fit(
-        fresh,
-        exp.committee_step if committee else exp.train_step,
-        exp.source_x,
-        exp.source_y,
-        example_weight,
-        rows,
-        key=key,
-        epochs=epochs,
-        batch_size=exp.config.train.batch_size,
-        lr_fn=_lr_fn(
-            exp.config,
-            finetune=not initial,
-            steps_per_epoch=max(1, -(-int(jnp.sum(rows)) // exp.config.train.batch_size)),
-        ),
-    )
-    return trained
-
-
-def evaluate(exp: Experiment, state: malls.RoundState) -> dict[str, Any]:
-    """The round's record: accuracy family, labels, source shift, weight errors."""
-    ls = exp.config.label_shift
-    weights = class_weights(exp, state)
-    probs = predict(exp, state.train, exp.test_x)
-    if ls.posterior_correction_eval and ls.estimator != "none":
-        probs = label_shift.posterior_correction(probs, weights)
-    true_weights = label_shift.oracle_weights(
-        train_distribution(exp, state.pool),
-        label_shift.label_distribution(exp.target_y, exp.num_classes, exp.target_valid),
-    )
-    out = malls.round_metrics(
-        probs,
-        exp.test_y,
-        exp.test_valid,
-        state.pool,
-        exp.source_y,
-        weights,
-        true_weights,
-        num_classes=exp.num_classes,
-    )
-    record = {name: np.asarray(v).tolist() for name, v in out.items()}
-    record["weights"] = np.asarray(weights).tolist()
-    record["true_weights"] = np.asarray(true_weights).tolist()
-    return record
-
-
-def query_round(
-    exp: Experiment, state: malls.RoundState, source_probs: jax.Array, key: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Score the unlabeled pool and choose this round's batch."""
-    q, ls = exp.config.query, exp.config.label_shift
-    weights = class_weights(exp, state)
-    correct = ls.posterior_correction_scoring and ls.estimator != "none"
-    probs = label_shift.posterior_correction(source_probs, weights) if correct else source_probs
-    mc_probs = None
-    if q.strategy == "qbc":
-        mc_probs = jnp.stack(
-            [
-                predict(exp, train.member(state.committee, i), exp.source_x)
-                for i in range(q.committee_size)
-            ]
-        )
-    elif q.strategy in acquisition.NEEDS_MC:
-        mc_key, key = jax.random.split(key)
-        mc_probs = train.mc_dropout_probs(
-            exp.inference_model,
-            state.train,
-            exp.source_x,
-            mc_key,
-            num_samples=q.mc_samples,
-            batch_size=exp.config.train.eval_batch_size,
-        )
-    if correct and mc_probs is not None:  # every pass / member: [s, n, k]
-        mc_probs = label_shift.posterior_correction(mc_probs, weights)
-    return malls.query(
-        key,
-        probs,
-        mc_probs,
-        state.pool,
-        state.estimate,
-        weights,
-        strategy=q.strategy,
-        budget=exp.budget,
-        diversify=q.diversify,
-        medial_lambda=exp.medial_lambda,
-        lam=float(ls.weight_lambda),
-        p_min=float(q.iwal_p_min),
-        use_query_weights=bool(q.iwal_importance_weights),
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# The loop.
+# Timing.
 
 
 class _Timer:
     """Wall seconds per phase (after device work finishes) and XLA compilations."""
 
     compilations = 0
+    _listening = False
 
     def __init__(self):
-        self.seconds: dict[str, float] = {}
+        import jax
 
-    def phase(self, name: str, fn: Callable[[], Any]) -> Any:
+        self.seconds: dict[str, float] = {}
+        if not _Timer._listening:
+            jax.monitoring.register_event_duration_secs_listener(_count_compilation)
+            _Timer._listening = True
+        self.start_compilations = _Timer.compilations
+
+    def phase(self, name: str, fn: Callable[[], T]) -> T:
+        import jax
+
         start = time.perf_counter()
         out = jax.block_until_ready(fn())
-        self.seconds[f"seconds_{name}"] = time.perf_counter() - start
+        key = f"seconds_{name}"
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
         return out
+
+    def compiled(self) -> int:
+        return _Timer.compilations - self.start_compilations
 
 
 def _count_compilation(event: str, duration: float, **_: Any) -> None:
@@ -565,21 +112,19 @@ def _count_compilation(event: str, duration: float, **_: Any) -> None:
         _Timer.compilations += 1
 
 
-jax.monitoring.register_event_duration_secs_listener(_count_compilation)
-
-
 _PHASE_NAMES = {
     "h0": "h0",
     "committee": "committee",
-    "prediction": "predict",
     "selection": "select",
     "finetune": "fit",
+    "prediction": "predict",
     "estimation": "estimate",
     "evaluation": "eval",
 }
 
 
-def _summary(record: dict[str, Any]) -> str:
+def summary(record: dict[str, Any]) -> str:
+    """The printed line of a round's record."""
     phases = " ".join(
         f"{short} {record[f'seconds_{name}']:.2f}s"
         for name, short in _PHASE_NAMES.items()
@@ -594,80 +139,33 @@ def _summary(record: dict[str, Any]) -> str:
     )
 
 
-def initial_state(exp: Experiment) -> malls.RoundState:
-    """The round state before h0: fresh network, warm start labeled, weights 1."""
-    init_key, loop_key = jax.random.split(
-        jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), 1)
-    )
-    committee = None
-    if exp.committee_step is not None:
-        committee = train.create_ensemble_state(
-            jax.random.fold_in(init_key, 1),
-            exp.model,
-            exp.tx,
-            exp.input_shape,
-            exp.config.query.committee_size,
-        )
-    return malls.RoundState(
-        round=jnp.int32(0),
-        key=loop_key,
-        train=train.create_train_state(init_key, exp.model, exp.tx, exp.input_shape),
-        pool=exp.initial_pool,
-        estimate=malls.no_estimate(exp.num_classes),
-        committee=committee,
-    )
+def _record(r: int, arrays: dict[str, Any], timer: _Timer, **extra: Any) -> dict[str, Any]:
+    """A round's record as plain Python: the round first, then metrics, timing."""
+    import jax
+    import numpy as np
+
+    values = {name: np.asarray(v).tolist() for name, v in jax.device_get(arrays).items()}
+    return {"round": r, **values, **timer.seconds, **extra, "compilations": timer.compiled()}
 
 
-def train_committee(
-    exp: Experiment, state: malls.RoundState, timer: _Timer, key: jax.Array, *, initial: bool
-) -> malls.RoundState:
-    """Train the query-by-committee networks (if any) as the main network was trained."""
-    if state.committee is None:
-        return state
-    t = exp.config.train
-    committee = timer.phase(
-        "committee",
-        lambda: finetune(
-            exp,
-            state,
-            jax.random.fold_in(key, 1),
-            epochs=t.initial_epochs if initial else t.partial_epochs,
-            initial=initial,
-            committee=True,
-        ),
-    )
-    return state.replace(committee=committee)
+# ---------------------------------------------------------------------------------------
+# The loop.
 
 
-def run_round(
-    exp: Experiment, state: malls.RoundState, r: int
-) -> tuple[malls.RoundState, dict[str, Any]]:
-    """Round ``r``: score, select, reveal, fine-tune, re-estimate, evaluate."""
-    config = exp.config
-    timer, before = _Timer(), _Timer.compilations
-    round_key = jax.random.fold_in(state.key, r)
-    query_key, fit_key = jax.random.split(round_key)
-    source_probs = timer.phase("prediction", lambda: predict(exp, state.train, exp.source_x))
-    chosen, query_weight, offered = timer.phase(
-        "selection", lambda: query_round(exp, state, source_probs, query_key)
-    )
-    # The training weights follow from the raw estimate and the new labeled set's mix.
-    revealed = pool.reveal(state.pool, chosen, r, query_weight, offered=offered)
-    state = state.replace(round=jnp.int32(r), pool=revealed)
-    state = state.replace(
-        train=timer.phase(
-            "finetune",
-            lambda: finetune(
-                exp, state, fit_key, epochs=config.train.partial_epochs, initial=False
-            ),
-        )
-    )
-    state = train_committee(exp, state, timer, fit_key, initial=False)
-    if config.label_shift.iterative:
-        state = state.replace(estimate=timer.phase("estimation", lambda: estimate(exp, state)))
-    record = {"round": r, **timer.phase("evaluation", lambda: evaluate(exp, state))}
-    record.update(timer.seconds, compilations=_Timer.compilations - before)
-    return state, record
+def _finished(workdir: str, config_dict: dict, num_rounds: int) -> list[dict] | None:
+    """The history of a complete run in ``workdir`` of this config, or None."""
+    from alsa_jax import logging as results_log
+
+    checkpoint, _ = _library()
+    try:
+        stored = results_log.read_results(workdir)
+        checkpoint.claim_workdir(workdir, config_dict)  # the same experiment, or refused
+    except (OSError, ValueError, KeyError):
+        return None
+    rounds = stored.get("rounds", [])
+    if len(rounds) == num_rounds + 1 and rounds[-1].get("round") == num_rounds:
+        return rounds
+    return None
 
 
 def run(
@@ -676,140 +174,212 @@ def run(
     *,
     verbose: bool = True,
     stop_after_round: int | None = None,
+    progress_mode: str = "never",
 ) -> list[dict[str, Any]]:
     """Run (or resume) the experiment of ``config`` in ``workdir``; returns the round records.
 
-    ``stop_after_round`` ends the run early after that round's checkpoint (the next
-    call resumes from it).
+    ``stop_after_round`` ends the run early after that round's checkpoint (the next call
+    resumes from it). ``progress_mode`` (auto / always / never) shows long phases live.
     """
+    from alsa_jax import logging as results_log
+    from alsa_jax import progress
+
+    checkpoint, experiment = _library()
     say = print if verbose else (lambda *a, **k: None)
-    try:
-        exp = build_experiment(config, workdir)
-    except ValueError as error:  # bad config values surface as one line, before any write
-        raise ConfigError(str(error)) from None
+    warn = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
+    options = options_of(config)
     config_dict = config.to_dict()
+    done = _finished(workdir, config_dict, options.query.num_batches)
+    if done is not None:
+        say(f"{workdir}: the run is complete ({options.query.num_batches} rounds)")
+        say(summary(done[-1]))
+        return done
+    exp = experiment.setup(options)  # bad values surface as one line, before any write
     try:
         checkpoint.claim_workdir(workdir, config_dict)
-    except checkpoint.ExperimentMismatchError:
+    except checkpoint.CheckpointError:
         raise
     except OSError as error:  # e.g. --workdir names a file
-        raise ConfigError(f"--workdir={workdir} cannot hold a run: {error.strerror}") from None
+        raise experiment.ConfigError(
+            f"--workdir={workdir} cannot hold a run: {error.strerror}"
+        ) from None
+    display = progress.Progress(progress_mode)
     manager = checkpoint.RoundCheckpointer(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint_keep
     )
-    state = initial_state(exp)
+    state = experiment.initial_state(exp)
 
-    latest = manager.latest_round()
-    if latest is not None:
-        state, history = manager.restore(latest, state)
+    restored = manager.restore_latest(state)
+    if restored is not None:
+        latest, state, history, skipped = restored
+        for r, reason in skipped:
+            warn(f"skipped the checkpoint of round {r}: {reason}")
         # A run killed between its checkpoint and its results files left them one behind.
         results_log.write_results(workdir, config_dict, history)
         say(f"resuming {workdir} after round {latest}")
+        preds = experiment.predict(exp, state.train)
     else:
-        history = []
-        timer = _Timer()
-        before = _Timer.compilations
-        cache_dir = config.h0_cache_dir or os.path.join(
-            os.path.dirname(os.path.abspath(workdir)), "h0_cache"
-        )
-        h0_key = jax.random.fold_in(state.key, 0)
-        cached = checkpoint.load_h0(cache_dir, exp.h0_key, state.train)
-        if cached is not None:
-            say(f"h0: loaded from {checkpoint.h0_path(cache_dir, exp.h0_key)}")
-            state = state.replace(train=cached)
-            timer.seconds["seconds_h0"] = 0.0
-        else:
-            say(
-                f"h0: training {config.train.initial_epochs} epochs on "
-                f"{int(jnp.sum(state.pool.warm))} warm-start examples"
-            )
-            trained = timer.phase(
-                "h0",
-                lambda: finetune(
-                    exp, state, h0_key, epochs=config.train.initial_epochs, initial=True
-                ),
-            )
-            state = state.replace(train=trained)
-            checkpoint.save_h0(cache_dir, exp.h0_key, state.train)
-        if state.committee is not None:
-            say(f"committee: training {config.query.committee_size} networks")
-        state = train_committee(exp, state, timer, h0_key, initial=True)
-        state = state.replace(estimate=timer.phase("estimation", lambda: estimate(exp, state)))
-        record = {"round": 0, **timer.phase("evaluation", lambda: evaluate(exp, state))}
-        record.update(
-            timer.seconds,
-            h0_cache_hit=cached is not None,
-            compilations=_Timer.compilations - before,
-        )
-        history.append(record)
+        state, preds, record = _round_zero(exp, state, config, workdir, say, warn, display)
+        history = [record]
         manager.save(0, state, history)
         results_log.write_results(workdir, config_dict, history)
-        say(_summary(record))
+        say(summary(record))
         latest = 0
 
-    # Events of rounds after the checkpoint (a crashed run's) are purged; the newest
-    # checkpointed round is written again in case the crash came before its events.
-    writer = results_log.ScalarWriter(workdir, resume_round=latest)
-    writer.write(history[-1])
-    q = config.query
+    writer = results_log.RunWriter(
+        workdir,
+        run_name=results_log.run_name(config_dict),
+        hparams=results_log.hparams(config_dict),
+        class_names=exp.class_names or None,
+    )
+    for record in history:  # a crash may have come before some rounds' events: idempotent
+        writer.write(record)
+    q = options.query
     spread = f"diversify={q.diversify}"
     if q.diversify == "medial":
-        spread += f" (medial_lambda={exp.medial_lambda})"
-    budget_note = f"{exp.budget} labels a round, {spread}"
-    if latest < config.query.num_batches:
-        rounds = f"{latest + 1}..{config.query.num_batches}"
-        say(f"rounds {rounds}: {config.query.strategy}, {budget_note}")
+        spread += f" (medial_lambda={q.lambda_})"
+    if latest < q.num_batches:
+        say(
+            f"rounds {latest + 1}..{q.num_batches}: {q.strategy}, "
+            f"{exp.budget} labels a round, {spread}"
+        )
 
-    for r in range(latest + 1, config.query.num_batches + 1):
+    for r in range(latest + 1, q.num_batches + 1):
         if stop_after_round is not None and r > stop_after_round:
             break
-        state, record = run_round(exp, state, r)
+        timer = _Timer()
+        state, preds, arrays = experiment.run_round(
+            exp, state, preds, r, phase=timer.phase, display=display
+        )
+        record = _record(r, arrays, timer)
         history.append(record)
         manager.save(r, state, history)
         results_log.write_results(workdir, config_dict, history)
         writer.write(record)
-        say(_summary(record))
+        say(summary(record))
     writer.close()
     manager.close()
     return history
 
 
+def _round_zero(exp, state, config, workdir, say, warn, display):
+    """h0 (from the cache shared by runs beside each other, or trained), then round 0."""
+    checkpoint, experiment = _library()
+    timer = _Timer()
+    cache_dir = config.h0_cache_dir or os.path.join(
+        os.path.dirname(os.path.abspath(workdir)), "h0_cache"
+    )
+    key = experiment.h0_key(exp.options)
+    cached = checkpoint.load_h0(cache_dir, key, state.train, on_corrupt=warn)
+    if cached is not None:
+        say(f"h0: loaded from {checkpoint.h0_path(cache_dir, key)}")
+        state = state.replace(train=cached)
+        timer.seconds["seconds_h0"] = 0.0
+    else:
+        warm = int(state.pool.warm.sum())
+        say(f"h0: training {exp.options.train.initial_epochs} epochs on {warm} warm-start rows")
+        state = state.replace(
+            train=timer.phase("h0", lambda: experiment.train_initial(exp, state, display=display))
+        )
+        checkpoint.save_h0(cache_dir, key, state.train)
+    if state.committee is not None:
+        say(f"committee: training {exp.options.query.committee_size} networks")
+        state = timer.phase(
+            "committee",
+            lambda: experiment.train_committee(exp, state, initial=True, display=display),
+        )
+    state, preds, arrays = experiment.initial_round(exp, state, phase=timer.phase)
+    return state, preds, _record(0, arrays, timer, h0_cache_hit=cached is not None)
+
+
+# ---------------------------------------------------------------------------------------
+# The command line.
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _known_configs() -> str:
+    names = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+    shown = [
+        os.path.relpath(n, os.getcwd())
+        for n in names
+        if os.path.basename(n) not in ("__init__.py", "base.py", "presets.py")
+    ]
+    return ", ".join(shown)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}; see --help")
     if _CONFIG.value is None or not _WORKDIR.value:
-        print("error: pass --config=configs/<name>.py and --workdir=<dir>", file=sys.stderr)
-        sys.exit(2)
-    try:
-        _CONFIG.value.to_dict()  # config files load lazily: surface a bad path here
-    except Exception as error:  # noqa: BLE001 - any failure to load the file, as one line
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        print(
-            f"error: --config could not be loaded: {lines[-1] if lines else error!r}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+        _fail("pass --config=configs/<name>.py and --workdir=<dir>; see --help")
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
+    checkpoint, experiment = _library()
     try:
-        run(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, checkpoint.ExperimentMismatchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        run(_CONFIG.value, _WORKDIR.value, progress_mode=_PROGRESS.value)
+    except (experiment.ConfigError, checkpoint.CheckpointError) as error:
+        _fail(str(error))
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+    """The first ``--config.<field>`` override that names no field of the base config."""
+    from configs import base
+
+    known = set()
+
+    def walk(node: Any, prefix: str) -> None:
+        for name in node.keys():
+            known.add(f"{prefix}{name}")
+            if isinstance(node[name], ml_collections.ConfigDict):
+                walk(node[name], f"{prefix}{name}.")
+
+    walk(base.get_config(), "")
+    for arg in argv:
+        if arg.startswith("--config."):
+            field = arg[len("--config.") :].split("=", 1)[0]
+            if field not in known:
+                close = difflib.get_close_matches(field, sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                return f"the config has no field {field!r}{hint}; see configs/base.py"
+    return None
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with bad flags (an unknown config field, say) as one line, exit 2."""
+    """Flags with every bad command line as one line and exit code 2; --help exits 0."""
+    if any(arg in ("--help", "-h", "--helpshort", "--helpfull", "-?") for arg in argv[1:]):
+        print(__doc__.strip())
+        sys.exit(0)
+    path = _config_path(argv)
+    if path is not None:
+        file = path.split(":", 1)[0]
+        if not os.path.isfile(file):
+            _fail(f"--config {file} does not exist; the configs are: {_known_configs()}")
+    unknown = _unknown_override(argv)
+    if unknown:
+        _fail(unknown)
     try:
-        return flags.FLAGS(argv)
-    except (AttributeError, KeyError) as error:  # ml_collections: an override of no field
-        field = str(error).strip("\"'")
-        print(
-            f"error: the config has no field {field!r}; see configs/base.py for the fields",
-            file=sys.stderr,
-        )
-    except (flags.Error, ValueError, TypeError) as error:
-        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
-    sys.exit(2)
+        remaining = flags.FLAGS(argv)
+        if _CONFIG.present:
+            _CONFIG.value.to_dict()  # config files load lazily: a broken file surfaces here
+        return remaining
+    except (flags.Error, ValueError, TypeError, AttributeError, KeyError) as error:
+        _fail(str(error).strip().splitlines()[0])
+    except Exception as error:  # noqa: BLE001 - a config file that fails to run, as one line
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        _fail(f"--config could not be loaded: {lines[-1] if lines else repr(error)}")
+    return []
 
 
 if __name__ == "__main__":

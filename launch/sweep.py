@@ -8,10 +8,11 @@
 Each run is ``python -m launch.replicate --config <config> --workdir
 <workdir>/<method>/<shift>/seed<k> --config.<field>=<value> ...`` with its output in
 ``run.log`` beside its results; ``--config.<field>=<value>`` flags given here apply to every
-run (after the sweep's own overrides). Runs sharing seed, dataset and shift share one h0
-through ``<workdir>/h0_cache``. Every run is checked before anything starts; a complete
-run is skipped, an interrupted one resumes from its checkpoints, a failed one is named
-at the end (exit code 1) while the others go on. Then:
+run (after the sweep's own overrides). Runs whose configs give the same h0 cache key (seed,
+data, shift, model, initial training) share one h0 through ``<workdir>/h0_cache``. Every
+run is checked before anything starts; a complete run is skipped, an interrupted one
+resumes from its checkpoints, a failed one is named at the end (exit code 1) while the
+others go on. Then:
 
     python -m launch.report runs/digits_methods
 """
@@ -19,6 +20,7 @@ at the end (exit code 1) while the others go on. Then:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -120,21 +122,37 @@ def _one_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A checked run: its command-line overrides, its config, and its h0 group.
+
+    ``group`` is the fingerprint of the replicate driver's h0 cache key for this config,
+    so runs in one group load the h0 that the first of them trains.
+    """
+
+    run: sweeps.Run
+    flags: list[str]
+    config: dict
+    group: str
+
+
 def resolve_runs(
     spec: str, runs: list[sweeps.Run], overrides: list[str], workdir: str
-) -> list[tuple[sweeps.Run, list[str], dict]]:
-    """Each run with its flags and checked config; a one-line SweepError names a bad run.
+) -> list[Resolved]:
+    """Each run with its flags, checked config and h0 group; a one-line SweepError names a
+    bad run.
 
     Checks, before anything is written: every override names a field of the config (the
     fields of configs/base.py), parses as that field's type, and passes the replicate
-    driver's own config checks.
+    driver's own config checks (``launch.replicate.options_of``).
     """
+    from alsa_jax import checkpoint, experiment
     from launch import replicate  # the driver's checks are the one source of truth
 
     try:
         base = parse_config(spec, [])
-        replicate.check_known_fields(base)
-    except (replicate.ConfigError, flags.Error, ValueError, TypeError) as error:
+        replicate.options_of(base)
+    except (experiment.ConfigError, flags.Error, ValueError, TypeError) as error:
         raise sweeps.SweepError(f"--config={spec}: {_one_line(error)}") from None
     except Exception as error:  # noqa: BLE001 - any failure of the config file
         raise sweeps.SweepError(
@@ -160,10 +178,12 @@ def resolve_runs(
             run_overrides.append(cache)
         try:
             config = parse_config(spec, run_overrides)
-            replicate.check_config(config)
-        except (replicate.ConfigError, flags.Error, ValueError, TypeError, KeyError) as error:
+            options = replicate.options_of(config)
+        except (experiment.ConfigError, flags.Error, ValueError, TypeError, KeyError) as error:
             raise sweeps.SweepError(f"sweep run {run.name}: {_one_line(error)}") from None
-        resolved.append((run, run_overrides, json.loads(json.dumps(config.to_dict()))))
+        group = checkpoint.fingerprint(experiment.h0_key(options))
+        config_dict = json.loads(json.dumps(config.to_dict()))
+        resolved.append(Resolved(run, run_overrides, config_dict, group))
     return resolved
 
 
@@ -347,14 +367,12 @@ def main(argv: list[str] | None = None) -> int:
             "config": args.config,
             "sweep": args.sweep,
             "overrides": overrides,
-            "runs": {run.name: config for run, _, config in resolved},
+            "runs": {item.run.name: item.config for item in resolved},
         }
         if args.dry_run:
-            for run, run_overrides, _ in resolved:
-                command = sweeps.replicate_command(
-                    spec, sweeps.run_dir(workdir, run), run_overrides
-                )
-                print(shlex.join(command))
+            for item in resolved:
+                directory = sweeps.run_dir(workdir, item.run)
+                print(shlex.join(sweeps.replicate_command(spec, directory, item.flags)))
             return 0
         claim_workdir(workdir, record)
         executor = make_executor(args, workdir)
@@ -363,14 +381,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tasks = [
         sweeps.Task(
-            name=run.name,
-            directory=sweeps.run_dir(workdir, run),
+            name=item.run.name,
+            directory=sweeps.run_dir(workdir, item.run),
             command=tuple(
-                sweeps.replicate_command(spec, sweeps.run_dir(workdir, run), run_overrides)
+                sweeps.replicate_command(spec, sweeps.run_dir(workdir, item.run), item.flags)
             ),
-            group=sweeps.h0_group(run),
+            group=item.group,
         )
-        for run, run_overrides, _ in resolved
+        for item in resolved
     ]
     complete = sum(sweeps.is_complete(task.directory) for task in tasks)
     if complete == len(tasks):

@@ -1,6 +1,5 @@
 """End-to-end tests of the replicate loop on the embedded digits data."""
 
-import itertools
 import json
 import os
 import signal
@@ -8,12 +7,10 @@ import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alsa_jax import acquisition, label_shift, pool, selection, train
+from alsa_jax import checkpoint, experiment
 from configs import digits
 from launch import replicate
 
@@ -79,7 +76,7 @@ def _distinct(exp, rows):
 def test_end_to_end_three_rounds(reference_run):
     workdir, history = reference_run
     assert [r["round"] for r in history] == [0, 1, 2, 3]
-    exp = replicate.build_experiment(small_config(), workdir)
+    exp = experiment.setup(replicate.options_of(small_config()))
     # A pool of 150 rows resampled with replacement holds fewer distinct examples; 30% of
     # them are bought over 3 rounds, the same number each round.
     start = exp.initial_pool
@@ -93,8 +90,8 @@ def test_end_to_end_three_rounds(reference_run):
     assert [r["labels_paid"] - history[0]["labels_paid"] for r in history] == [
         r["labels_bought"] for r in history
     ]
-    manager = replicate.checkpoint.RoundCheckpointer(os.path.join(workdir, "checkpoints"))
-    final, _ = manager.restore(3, replicate.initial_state(exp))
+    manager = checkpoint.RoundCheckpointer(os.path.join(workdir, "checkpoints"))
+    final, _ = manager.restore(3, experiment.initial_state(exp))
     manager.close()
     paid_rows = np.asarray(final.pool.labeled | final.pool.holdout)
     assert history[-1]["labels_paid"] == _distinct(exp, paid_rows)
@@ -114,25 +111,27 @@ def test_end_to_end_three_rounds(reference_run):
     with open(os.path.join(workdir, "results.csv")) as f:
         lines = f.read().splitlines()
     assert len(lines) == 5 and "per_class_accuracy_9" in lines[0]
-    assert any(
-        name.startswith("events") for name in os.listdir(os.path.join(workdir, "tensorboard"))
+    # TensorBoard events under a run name that says method, shift and seed.
+    run_dir = os.path.join(
+        workdir, "tensorboard", "rlls-maxent-guess_dirichlet_target-alpha0.6_seed0"
     )
+    assert any(name.startswith("events") for name in os.listdir(run_dir))
 
 
 def test_resume_after_exception_matches_uninterrupted(reference_run, tmp_path, monkeypatch):
     _, reference = reference_run
     workdir = str(tmp_path / "interrupted")
-    real_finetune = replicate.finetune
+    real_fit = experiment.fit
 
-    def failing(exp, state, key, *, epochs, initial):
+    def failing(exp, state, key, **kwargs):
         if int(state.round) == 2:
             raise RuntimeError("simulated crash in round 2")
-        return real_finetune(exp, state, key, epochs=epochs, initial=initial)
+        return real_fit(exp, state, key, **kwargs)
 
-    monkeypatch.setattr(replicate, "finetune", failing)
+    monkeypatch.setattr(experiment, "fit", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         replicate.run(small_config(), workdir, verbose=False)
-    monkeypatch.setattr(replicate, "finetune", real_finetune)
+    monkeypatch.setattr(experiment, "fit", real_fit)
     resumed = replicate.run(small_config(), workdir, verbose=False)
     assert comparable(resumed) == comparable(reference)
 
@@ -172,13 +171,13 @@ def test_h0_cache_hit_skips_training(reference_run, tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
     first = replicate.run(small_config(h0_cache_dir=cache), str(tmp_path / "a"), verbose=False)
     assert first[0]["h0_cache_hit"] is False and first[0]["seconds_h0"] > 0
-    real_finetune = replicate.finetune
+    real_fit = experiment.fit
 
-    def no_h0_training(exp, state, key, *, epochs, initial, committee=False):
-        assert not initial, "h0 was trained despite the cache"
-        return real_finetune(exp, state, key, epochs=epochs, initial=initial, committee=committee)
+    def no_h0_training(exp, state, key, **kwargs):
+        assert not kwargs["initial"], "h0 was trained despite the cache"
+        return real_fit(exp, state, key, **kwargs)
 
-    monkeypatch.setattr(replicate, "finetune", no_h0_training)
+    monkeypatch.setattr(experiment, "fit", no_h0_training)
     second = replicate.run(small_config(h0_cache_dir=cache), str(tmp_path / "b"), verbose=False)
     assert second[0]["h0_cache_hit"] is True and second[0]["seconds_h0"] == 0.0
     assert comparable(second) == comparable(first) == comparable(reference)
@@ -186,97 +185,6 @@ def test_h0_cache_hit_skips_training(reference_run, tmp_path, monkeypatch):
     other = small_config(h0_cache_dir=cache, **{"query.strategy": "margin"})
     third = replicate.run(other, str(tmp_path / "c"), verbose=False)
     assert third[0]["h0_cache_hit"] is True
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    config = small_config()
-    exp = replicate.build_experiment(config, str(tmp_path_factory.mktemp("combo")))
-    state = replicate.initial_state(exp)
-    return exp, state
-
-
-@pytest.mark.parametrize("estimator", ["none", "bbse", "rlls", "oracle"])
-def test_every_strategy_diversify_correction_runs_a_round(built, estimator):
-    exp, state = built
-    strategies = tuple(acquisition.ACQUISITIONS)
-    assert "qbc" in strategies and "iwal" in strategies and "bald_vote" in strategies
-    committee_size = 3
-    committee_step = train.make_ensemble_train_step(exp.model, exp.tx, committee_size)
-    committee = train.create_ensemble_state(
-        jax.random.PRNGKey(1), exp.model, exp.tx, exp.input_shape, committee_size
-    )
-    for strategy, diversify in itertools.product(strategies, selection.DIVERSIFY):
-        config = small_config(
-            **{
-                "label_shift.estimator": estimator,
-                "query.strategy": strategy,
-                "query.diversify": diversify,
-                "train.partial_epochs": 1,
-            }
-        )
-        if strategy == "iwal" and diversify != "none":
-            with pytest.raises(replicate.ConfigError, match="query.diversify"):
-                replicate.check_config(config)
-            continue
-        replicate.check_config(config)
-        qbc = strategy == "qbc"
-        combo = replicate.Experiment(
-            **{
-                **exp.__dict__,
-                "config": config,
-                "committee_step": committee_step if qbc else None,
-            }
-        )
-        start = state.replace(committee=committee if qbc else None)
-        new_state, record = replicate.run_round(combo, start, 1)
-        chosen = new_state.pool.labeled & ~state.pool.labeled
-        bought = int(pool.num_bought(new_state.pool))
-        if strategy == "iwal":  # a stream may run out of rows before the budget
-            assert 0 < bought <= exp.budget
-        else:
-            assert bought == exp.budget, (strategy, diversify)
-        assert not bool(jnp.any(chosen & ~state.pool.pool))
-        assert record["labels_bought"] == bought
-        weights = np.asarray(replicate.class_weights(combo, new_state))
-        assert np.all(np.isfinite(weights)) and np.all(weights >= 0)
-        if estimator == "none":
-            np.testing.assert_array_equal(weights, 1.0)
-        if estimator == "oracle":
-            np.testing.assert_allclose(weights, record["true_weights"], rtol=1e-5)
-
-
-def _with_weights(exp, state, weights):
-    """The state whose estimate gives exactly ``weights`` as training weights."""
-    estimate = replicate.malls.WeightEstimate(
-        weights=jnp.asarray(weights, jnp.float32),
-        sample_dist=replicate.train_distribution(exp, state.pool),
-    )
-    return state.replace(estimate=estimate)
-
-
-def test_class_balanced_selection_spreads_over_predicted_classes(built):
-    exp, state = built
-    state = _with_weights(exp, state, jnp.linspace(0.2, 3.0, 10))  # correction changes predictions
-    config = small_config(
-        **{
-            "query.diversify": "guess",
-            "train.partial_epochs": 0,
-            "label_shift.posterior_correction_scoring": True,
-        }
-    )
-    combo = replicate.Experiment(**{**exp.__dict__, "config": config})
-    weights = replicate.class_weights(combo, state)
-    np.testing.assert_allclose(weights, np.linspace(0.2, 3.0, 10), rtol=1e-5)
-    probs = replicate.predict(combo, state.train, combo.source_x)
-    chosen, _, _ = replicate.query_round(combo, state, probs, jax.random.PRNGKey(0))
-    corrected = label_shift.posterior_correction(probs, weights)
-    predicted = np.asarray(jnp.argmax(corrected, -1))[np.asarray(chosen)]
-    available = np.asarray(pool.unlabeled_pool(state.pool))
-    candidates = np.bincount(np.asarray(jnp.argmax(corrected, -1))[available], minlength=10)
-    shares = selection.class_shares(jnp.asarray(candidates), weights, diversify="guess")
-    expected = selection.class_allocation(jnp.asarray(candidates), shares, exp.budget)
-    np.testing.assert_array_equal(np.bincount(predicted, minlength=10), np.asarray(expected))
 
 
 def test_bad_config_value_is_one_line(tmp_path):
@@ -312,7 +220,7 @@ def test_bad_config_value_is_one_line(tmp_path):
 def test_workdir_of_another_experiment_is_refused(reference_run):
     workdir, _ = reference_run
     before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-    with pytest.raises(replicate.checkpoint.ExperimentMismatchError, match="seed"):
+    with pytest.raises(checkpoint.ExperimentMismatchError, match="seed"):
         replicate.run(small_config(seed=7), workdir, verbose=False)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
@@ -324,6 +232,12 @@ def test_workdir_of_another_experiment_is_refused(reference_run):
         (["--config.no_such_field=1"], "no_such_field"),
         (["--config.query.medial_lambda=0.3"], "query.diversify"),
         (["--config.query.diversify=medial", "--config.query.medial_lambda=-0.1"], "medial_lambda"),
+        # A typo in a field: named plainly, with the closest field.
+        (
+            ["--config.query.stratgy=margin"],
+            "the config has no field 'query.stratgy' (did you mean 'query.strategy'?)",
+        ),
+        (["--progress=loud"], "--progress"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, extra, message):
@@ -332,6 +246,73 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, extra, message):
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], done.stderr
+    assert "\\" not in lines[0]  # no escaped quotes or newlines
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_missing_config_lists_the_configs(tmp_path):
+    args = [sys.executable, "-m", "launch.replicate", "--config", "configs/nabird.py"]
+    done = subprocess.run(
+        [*args, "--workdir", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "configs/nabird.py does not exist" in lines[0]
+    assert "configs/nabirds.py" in lines[0] and "configs/digits.py" in lines[0]
+    assert "Errno" not in lines[0]
+
+
+def test_cli_help_is_plain_text_and_exits_0():
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.replicate", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for flag in ("--config", "--workdir", "--progress", "--config.FIELD=VALUE"):
+        assert flag in done.stdout
+    assert "``" not in done.stdout and ":func:" not in done.stdout
+    assert "default: 'None'" not in done.stdout
+
+
+def test_a_finished_run_says_so_at_once(reference_run, monkeypatch, capsys):
+    workdir, history = reference_run
+    # Nothing is loaded or computed again: setup would fail here.
+    monkeypatch.setattr(experiment, "setup", lambda *a, **k: pytest.fail("set up again"))
+    again = replicate.run(small_config(), workdir)
+    assert comparable(again) == comparable(history)
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{workdir}: the run is complete (3 rounds)", replicate.summary(history[-1])]
+
+
+def test_progress_always_shows_training_live(tmp_path):
+    args = cli(
+        tmp_path / "w",
+        *(f"--config.{name}={value}" for name, value in SMALL.items()),
+        "--config.query.num_batches=1",
+        "--progress=always",
+    )
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (
+        "h0" in done.stderr and "examples/s" in done.stderr and "fine-tune round 1" in done.stderr
+    )
+    # The round lines stay on stdout, free of the display.
+    assert all(line.startswith(("h0:", "round", "rounds")) for line in done.stdout.splitlines())
+    quiet = subprocess.run(
+        cli(
+            tmp_path / "q",
+            *(f"--config.{name}={value}" for name, value in SMALL.items()),
+            "--config.query.num_batches=1",
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr[-3000:]
 
 
 def test_eight_devices_match_one_device(reference_run, tmp_path):
@@ -362,32 +343,3 @@ def test_eight_devices_match_one_device(reference_run, tmp_path):
     for got, want in zip(sharded, expected, strict=True):
         for name, value in want.items():
             np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
-
-
-def test_every_correction_flag_combination_runs_a_round(built):
-    exp, state = built
-    state = _with_weights(exp, state, jnp.linspace(0.5, 2.0, 10))
-    flags = (
-        "importance_weighting",
-        "reweight_all_labeled",
-        "posterior_correction_scoring",
-        "posterior_correction_eval",
-        "iterative",
-    )
-    accuracies = set()
-    for values in itertools.product((False, True), repeat=len(flags)):
-        overrides = {
-            f"label_shift.{flag}": value for flag, value in zip(flags, values, strict=True)
-        }
-        config = small_config(**overrides)
-        replicate.check_config(config)
-        combo = replicate.Experiment(**{**exp.__dict__, "config": config})
-        new_state, record = replicate.run_round(combo, state, 1)
-        assert record["labels_bought"] == exp.budget, overrides
-        weights = np.asarray(replicate.class_weights(combo, new_state))
-        assert np.all(np.isfinite(weights)) and np.all(weights >= 0), overrides
-        if not config.label_shift.iterative and not config.label_shift.reweight_all_labeled:
-            # Relative to the warm start, which no reveal changes.
-            np.testing.assert_allclose(weights, np.linspace(0.5, 2.0, 10), rtol=1e-5)
-        accuracies.add(round(record["accuracy"], 6))
-    assert len(accuracies) > 1  # the flags change what is trained and evaluated

@@ -90,18 +90,24 @@ def test_grid_names_order_and_overrides():
     assert sweeps.run_dir("/w", runs[2]) == "/w/a/mix/seed4"
 
 
-def test_h0_groups_split_on_fields_that_may_change_h0():
+def test_h0_groups_are_the_drivers_h0_cache_key(tmp_path):
     def run(method, seed=0, **overrides):
         return sweeps.Run(method, "mix", seed, {"seed": seed, **overrides})
 
-    base = sweeps.h0_group(run("a", **{"query.strategy": "maxent"}))
-    # Query and label-shift fields act after h0: same group.
-    assert base == sweeps.h0_group(
-        run("b", **{"query.strategy": "margin", "label_shift.estimator": "none"})
-    )
-    assert base != sweeps.h0_group(run("a", seed=1))
-    assert base != sweeps.h0_group(run("a", **{"shift.alpha": 0.1}))
-    assert base != sweeps.h0_group(run("a", **{"train.initial_epochs": 5}))
+    runs = [
+        run("a", **{"query.strategy": "maxent"}),
+        # Query and label-shift fields, and the fine-tuning, act after h0: same group.
+        run("b", **{"query.strategy": "margin", "label_shift.estimator": "none"}),
+        run("c", **{"train.partial_epochs": 2, "shift.initial_prop": 0.1}),
+        # Seed, shift and initial training change h0: groups of their own.
+        run("d", seed=1),
+        run("e", **{"shift.alpha": 0.1}),
+        run("f", **{"train.initial_epochs": 5}),
+    ]
+    spec = os.path.join(ROOT, "configs", "digits.py")
+    groups = [item.group for item in sweep_cli.resolve_runs(spec, runs, [], str(tmp_path))]
+    assert groups[0] == groups[1] == groups[2]
+    assert len(set(groups)) == 4
 
 
 def test_flag_values_round_trip_through_the_command_line():
@@ -162,7 +168,7 @@ def test_every_shipped_sweep_file_checks_against_the_config(tmp_path):
         spec = os.path.join(ROOT, "configs", "digits.py")
         resolved = sweep_cli.resolve_runs(spec, runs, [], str(tmp_path / name))
         counts[name] = len(resolved)
-        assert len({config["seed"] for _, _, config in resolved}) == (
+        assert len({item.config["seed"] for item in resolved}) == (
             3 if name == "digits_methods" else 10
         )
     assert counts == {
@@ -596,8 +602,8 @@ def check_complete(workdir):
             assert results["config"]["seed"] == seed
             assert results["config"]["h0_cache_dir"] == str(workdir / "h0_cache")
             hits.setdefault(seed, []).append(results["rounds"][0]["h0_cache_hit"])
-            events = os.listdir(directory / "tensorboard")
-            assert any(name.startswith("events") for name in events)
+            events = [p.name for p in (directory / "tensorboard").rglob("events*")]
+            assert events, f"no TensorBoard events under {directory}"
     # Runs sharing seed and shift share one h0: each seed trained it once.
     assert {seed: sorted(h) for seed, h in hits.items()} == {0: [False, True], 1: [False, True]}
 
