@@ -8,11 +8,12 @@ sweep is exactly the run a user would start by hand, and it resumes from its own
 checkpoints when started again.
 
 This module holds what the sweep driver (``launch/sweep.py``) and a cluster job share:
-loading and checking sweep files, the flags of a run, reading a run's
-progress from its ``results.json``, the per-run lock that keeps two processes out of one
-run directory, and the executors (local processes with a share of the cores or one
-accelerator each; Slurm or local jobs through submitit). It imports no JAX, so that a
-cluster job that only starts the replicate process stays light.
+loading and checking sweep files, the flags of a run, reading a run's progress from its
+``results.json``, the per-run lock that keeps two processes out of one run directory, the
+executors (local processes with a share of the cores or one accelerator each; Slurm or
+local jobs through submitit) and the loop that starts each run when its h0 group allows.
+It imports no JAX, so that a cluster job that only starts the replicate process stays
+light.
 """
 
 from __future__ import annotations
