@@ -203,9 +203,14 @@ class ShiftOptions:
 
 @dataclasses.dataclass(frozen=True)
 class LabelShiftOptions:
-    """``label_shift.*``: the weight estimator and how the weights are used."""
+    """``label_shift.*``: the weight estimator and how the weights are used.
 
-    estimator: str
+    ``estimator`` is a name of :data:`alsa_jax.label_shift.ESTIMATORS` in a config; in
+    Python it may also be an estimator function ``sample -> w`` (see
+    :func:`alsa_jax.label_shift.estimate`), which then runs through the loop as it is.
+    """
+
+    estimator: str | label_shift.Estimator
     rlls_reg: float
     calibration: str
     weight_lambda: float
@@ -221,7 +226,10 @@ class LabelShiftOptions:
         section = "label_shift"
         _checked(
             section,
-            lambda: validation.check_choice("estimator", self.estimator, label_shift.ESTIMATORS),
+            lambda: (
+                callable(self.estimator)
+                or validation.check_choice("estimator", self.estimator, label_shift.ESTIMATORS)
+            ),
         )
         _checked(
             section, lambda: validation.check_positive("rlls_reg", self.rlls_reg, strict=False)
@@ -244,6 +252,8 @@ class LabelShiftOptions:
             "rlls": {"hard": hard, "reg": float(self.rlls_reg)},
             "mlls": {"calibration": self.calibration},
         }
+        if not isinstance(self.estimator, str):
+            return ()
         return tuple(sorted(options.get(self.estimator, {}).items()))
 
     @property
@@ -262,9 +272,14 @@ class LabelShiftOptions:
 
 @dataclasses.dataclass(frozen=True)
 class QueryOptions:
-    """``query.*``: the acquisition strategy, how the budget is spread, rounds and budget."""
+    """``query.*``: the acquisition strategy, how the budget is spread, rounds and budget.
 
-    strategy: str
+    ``strategy`` is a name of :data:`alsa_jax.acquisition.ACQUISITIONS` in a config; in
+    Python it may also be an :class:`alsa_jax.acquisition.Acquisition` or a score function
+    ``ctx -> scores [n]``, which then runs through the loop as it is.
+    """
+
+    strategy: str | acquisition.Acquisition | Callable[..., jax.Array]
     diversify: str
     medial_lambda: float | None
     num_batches: int
@@ -278,7 +293,11 @@ class QueryOptions:
         section = "query"
         _checked(
             section,
-            lambda: validation.check_choice("strategy", self.strategy, acquisition.ACQUISITIONS),
+            lambda: (
+                isinstance(self.strategy, acquisition.Acquisition)
+                or callable(self.strategy)
+                or validation.check_choice("strategy", self.strategy, acquisition.ACQUISITIONS)
+            ),
         )
         _checked(
             section,
@@ -295,7 +314,7 @@ class QueryOptions:
                 section,
                 lambda: validation.check_in_range("medial_lambda", self.medial_lambda, 0, 1),
             )
-        acq = acquisition.ACQUISITIONS[self.strategy]
+        acq = self.acquisition
         spreads = ("none", "medial") if acq.medial else ("none",)
         if acq.select is not None and self.diversify not in spreads:
             _fail(
@@ -326,7 +345,8 @@ class QueryOptions:
 
     @property
     def acquisition(self) -> acquisition.Acquisition:
-        return acquisition.ACQUISITIONS[self.strategy]
+        """The strategy as an :class:`alsa_jax.acquisition.Acquisition`."""
+        return acquisition.resolve(self.strategy)
 
 
 def _check_count(name: str, value: Any, *, minimum: int) -> None:

@@ -283,3 +283,40 @@ def test_every_correction_flag_combination_runs_a_round(built):
             np.testing.assert_allclose(weights, np.linspace(0.5, 2.0, 10), rtol=1e-5)
         accuracies.add(round(float(record["accuracy"]), 6))
     assert len(accuracies) > 1  # the flags change what is trained and evaluated
+
+
+def test_a_user_acquisition_and_estimator_run_through_the_loop(built):
+    exp, state, preds = built
+    seen = {}
+
+    def least_likely_first(ctx):
+        """A new score: 1 - the largest probability, doubled for classes with w > 1."""
+        seen["ctx"] = ctx
+        boost = jnp.where(ctx.weights[ctx.predicted()] > 1, 2.0, 1.0)
+        return (1.0 - ctx.probs.max(-1)) * boost
+
+    def uniform_target(sample):
+        """A new estimator: Q assumed uniform, relative to the source rows it sees."""
+        p = label_shift.label_distribution(
+            sample.source_labels, sample.num_classes, sample.source_mask
+        )
+        return jnp.where(p > 0, (1.0 / sample.num_classes) / jnp.where(p > 0, p, 1.0), 1.0)
+
+    opts = options(**{"query.diversify": "medial"})
+    opts = dataclasses.replace(
+        opts,
+        query=dataclasses.replace(opts.query, strategy=least_likely_first),
+        label_shift=dataclasses.replace(opts.label_shift, estimator=uniform_target),
+    )
+    combo = exp.replace(options=opts)
+    state = state.replace(estimate=experiment.estimate(combo, state, preds))
+    new_state, _, record = experiment.run_round(combo, state, preds, 1)
+    assert int(record["labels_bought"]) == exp.budget
+    assert isinstance(seen["ctx"], acquisition.QueryContext)
+    # The estimate is the user's: Q uniform, so the training weights are 1 / (k P_train).
+    p_train = np.asarray(experiment.train_distribution(combo, new_state.pool))
+    weights = np.asarray(experiment.class_weights(combo, new_state))
+    np.testing.assert_allclose(weights, np.where(p_train > 0, 0.1 / p_train, 1.0), rtol=1e-4)
+    # Nothing was registered: the names in the registries are as before.
+    assert "least_likely_first" not in acquisition.ACQUISITIONS
+    assert "uniform_target" not in label_shift.ESTIMATORS
