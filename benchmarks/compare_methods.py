@@ -1,22 +1,24 @@
 """Does MALLS save labels? Methods compared over seeds on the paid-label axis.
 
-    python benchmarks/compare_methods.py --dataset digits --shift target03 --seeds 10
-    python benchmarks/compare_methods.py --dataset mixture --shift mix07 --seeds 10 \
-        --methods maxent "MALLS l=0.5" --out /tmp/mixture_mix07.json
+    python benchmarks/compare_methods.py --dataset digits --shift mix07 --seeds 10
+    python benchmarks/compare_methods.py --dataset mixture --shift target03 --seeds 10 \
+        --methods maxent "MALLS l=0.5 mlls" --out /tmp/mixture_target03.json
 
 Every method runs the same schedule (configs/digits.py) from the same seeds; the methods of a
-seed share one h0 through the cache where their splits agree. Printed per method: final
-accuracy and average class accuracy (mean +- std over seeds), labels paid at the end, and
-the paper's measure: the paid labels each method needs to reach the best uncorrected
-baseline's final mean accuracy (first crossing of each seed's curve, linear between rounds;
-mean +- std over the seeds that reach it, and how many do). ``--out`` keeps every round of
-every run as JSON (method -> seed -> records) for plots.
+seed share one h0 through the cache where their splits agree. Printed per method: h0's and
+the final accuracy and average class accuracy (mean +- std over seeds), labels paid at the
+end, how many seeds end below h0's accuracy; then the paper's measure, the paid labels each
+method needs to reach the best uncorrected baseline's final mean accuracy, with its
+interval (alsa_jax.report.sample_complexity: first crossing of the mean curve, paired
+bootstrap over seeds). ``--out`` keeps every round of every run as JSON (method -> seed ->
+records) for plots.
 
 Datasets: ``digits`` (scikit-learn's 8x8 digits, the MNIST CNN), ``mixture`` (the
 overlapping Gaussian mixture of benchmarks/mixture.py, an MLP). Shifts: ``target03``
 (dirichlet_target, alpha 0.3: a uniform warm start, pool and test from one Dirichlet draw),
 ``mix07`` (the paper's main dirichlet_mix, alpha 0.7), ``online03`` (dirichlet_online,
 alpha 0.3: the pool's class mix differs from the target's, which equals the warm start's).
+A persistent compilation cache (``--cache``) lets later runs skip compiling.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from alsa_jax import report  # noqa: E402
 from benchmarks import mixture  # noqa: E402
 from configs import digits  # noqa: E402
 from launch import replicate  # noqa: E402
@@ -49,19 +52,34 @@ METHODS: dict[str, dict[str, object]] = {
     "maxent": {**UNCORRECTED, "query.strategy": "maxent"},
     "margin": {**UNCORRECTED, "query.strategy": "margin"},
     "bald": {**UNCORRECTED, "query.strategy": "bald"},
+    # MALLS: medial sampling N ~ P w^lambda on max-entropy scores, importance-weighted
+    # training, weights re-estimated every round (RLLS as in the paper, or MLLS + BCTS).
     **{
-        f"MALLS l={lam:g}": {
+        f"MALLS l={lam:g} {estimator}": {
             "query.strategy": "maxent",
             "query.diversify": "medial",
             "query.medial_lambda": lam,
+            "label_shift.estimator": estimator,
+            "label_shift.importance_weighting": True,
         }
+        for estimator in ("rlls", "mlls")
         for lam in (0.0, 0.5, 1.0)
+    },
+    # Only the sampling half of MALLS: medial sampling with the estimated weights, training
+    # without importance weights.
+    "medial sampling mlls": {
+        "query.strategy": "maxent",
+        "query.diversify": "medial",
+        "label_shift.estimator": "mlls",
+        "label_shift.importance_weighting": False,
     },
     # The original's MALLS: class-balanced maxent, importance weights and posterior
     # correction on top, the confusion matrix on the training rows, mu_t on the test split.
     "original MALLS": {
         "query.strategy": "maxent",
         "query.diversify": "guess",
+        "label_shift.estimator": "rlls",
+        "label_shift.importance_weighting": True,
         "label_shift.posterior_correction_scoring": True,
         "label_shift.posterior_correction_eval": True,
         "shift.holdout_fraction": 0.0,
@@ -97,20 +115,6 @@ def make_config(overrides: dict[str, object]):
     return config
 
 
-def labels_to_reach(records: list[dict], target: float) -> float:
-    """Paid labels at which the accuracy curve first reaches ``target`` (linear between
-    rounds); inf when it never does."""
-    x = np.array([r["labels_paid"] for r in records], float)
-    y = np.array([r["accuracy"] for r in records], float)
-    hit = np.flatnonzero(y >= target)
-    if hit.size == 0:
-        return float("inf")
-    i = hit[0]
-    if i == 0:
-        return float(x[0])
-    return float(x[i - 1] + (target - y[i - 1]) / (y[i] - y[i - 1]) * (x[i] - x[i - 1]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("digits", "mixture"), default="digits")
@@ -119,22 +123,37 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides field=value")
     parser.add_argument("--out", default="")
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "alsa_jax_cache"))
     args = parser.parse_args()
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", args.cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     extra = {}
     for item in args.set:
         field, value = item.split("=", 1)
         extra[field] = json.loads(value) if value[:1] in "0123456789-[{tfn" else value
     runs: dict[str, dict[int, list[dict]]] = {name: {} for name in args.methods}
+    if args.out and os.path.exists(args.out):  # continue an interrupted comparison
+        with open(args.out) as f:
+            for name, by_seed in json.load(f)["runs"].items():
+                if name in runs:
+                    runs[name] = {int(seed): history for seed, history in by_seed.items()}
     start = time.time()
     with tempfile.TemporaryDirectory() as scratch:
         base = {**dataset_overrides(args.dataset, scratch), **SHIFTS[args.shift], **extra}
         for seed in range(args.seeds):
             for name in args.methods:
+                if seed in runs[name]:
+                    continue
                 overrides = {**base, **METHODS[name], "seed": seed}
                 overrides["h0_cache_dir"] = os.path.join(scratch, "h0")
                 workdir = os.path.join(scratch, f"{name}-{seed}".replace(" ", "_"))
                 history = replicate.run(make_config(overrides), workdir, verbose=False)
                 runs[name][seed] = history
+                if args.out:
+                    with open(args.out, "w") as f:
+                        json.dump({"args": vars(args), "runs": runs}, f)
                 last = history[-1]
                 print(
                     f"seed {seed} {name:<16} h0 {history[0]['accuracy']:.4f} -> acc "
@@ -143,45 +162,50 @@ def main() -> None:
                     f"[{time.time() - start:.0f}s]",
                     flush=True,
                 )
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "runs": runs}, f)
     summarize(runs, f"{args.dataset} / {args.shift}, {args.seeds} seeds")
 
 
 def summarize(runs: dict[str, dict[int, list[dict]]], title: str) -> None:
-    finals = {
-        name: np.array(
-            [[h[-1]["accuracy"], h[-1]["average_class_accuracy"]] for h in by_seed.values()]
+    """Final accuracy and class accuracy over seeds, and the sample-complexity table."""
+    print(f"\n{title} (mean ± std over seeds)")
+    print(
+        f"{'method':<22}{'h0 acc':>8}{'final acc':>17}{'class-avg acc':>17}{'labels paid':>13}"
+        f"{'below h0':>10}"
+    )
+    for name, by_seed in runs.items():
+        histories = list(by_seed.values())
+        acc = np.array([h[-1]["accuracy"] for h in histories])
+        cls = np.array([h[-1]["average_class_accuracy"] for h in histories])
+        h0 = np.array([h[0]["accuracy"] for h in histories])
+        paid = np.mean([h[-1]["labels_paid"] for h in histories])
+        below = f"{int((acc < h0).sum())}/{len(acc)}"
+        print(
+            f"{name:<22}{h0.mean():>8.4f}{acc.mean():>9.4f} ± {acc.std():.4f}"
+            f"{cls.mean():>9.4f} ± {cls.std():.4f}{paid:>13.0f}{below:>10}"
+        )
+    baselines = [name for name in runs if name in BASELINES]
+    if not baselines:
+        return
+    curves = {
+        name: (
+            [np.array([r["labels_paid"] for r in by_seed[s]], float) for s in sorted(by_seed)],
+            [np.array([r["accuracy"] for r in by_seed[s]], float) for s in sorted(by_seed)],
         )
         for name, by_seed in runs.items()
     }
-    baselines = [name for name in runs if name in BASELINES]
-    best = max(baselines, key=lambda name: finals[name][:, 0].mean()) if baselines else None
-    target = finals[best][:, 0].mean() if best else None
-    print(f"\n{title} (mean ± std over seeds)")
-    if best:
-        print(f"labels to reach {target:.4f}, the final accuracy of the best baseline ({best})")
+    table = report.sample_complexity(curves, baselines)
     print(
-        f"{'method':<16}{'h0 acc':>10}{'final acc':>18}{'class-avg acc':>18}"
-        f"{'labels paid':>13}{'labels to reach':>22}"
+        f"\nlabels to reach {table.target:.4f}, the final mean accuracy of {table.baseline} "
+        f"(at {table.reference_labels:.0f} labels paid); first crossing of the mean curve, "
+        f"{int(table.confidence * 100)}% paired bootstrap interval over seeds"
     )
-    for name, by_seed in runs.items():
-        acc, cls = finals[name].T
-        h0 = np.mean([h[0]["accuracy"] for h in by_seed.values()])
-        paid = np.mean([h[-1]["labels_paid"] for h in by_seed.values()])
-        reach = ""
-        if target is not None:
-            needed = np.array([labels_to_reach(h, target) for h in by_seed.values()])
-            done = np.isfinite(needed)
-            if done.any():
-                spread = f"{needed[done].mean():.0f} ± {needed[done].std():.0f}"
-                reach = f"{spread} ({done.sum()}/{len(needed)})"
-            else:
-                reach = f"never (0/{len(needed)})"
+    for name, row in table.rows.items():
+        low, high = row.labels_interval
+        saved_low, saved_high = row.saved_interval
         print(
-            f"{name:<16}{h0:>10.4f}{acc.mean():>10.4f} ± {acc.std():.4f}"
-            f"{cls.mean():>10.4f} ± {cls.std():.4f}{paid:>13.0f}{reach:>22}"
+            f"{name:<22}{row.labels_needed:>9.0f} [{low:.0f}, {high:.0f}]  saved "
+            f"{100 * row.saved:6.1f}% [{100 * saved_low:.1f}%, {100 * saved_high:.1f}%]  "
+            f"reached in {100 * row.reached:.0f}% of resamples"
         )
 
 
