@@ -37,21 +37,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from alsa_jax import report  # noqa: E402
 from benchmarks import mixture  # noqa: E402
 from configs import digits  # noqa: E402
+from configs.sweeps import paper  # noqa: E402
 from launch import replicate  # noqa: E402
 
-UNCORRECTED = {
-    "label_shift.estimator": "none",
-    "label_shift.importance_weighting": False,
-    "label_shift.posterior_correction_scoring": False,
-    "label_shift.posterior_correction_eval": False,
-    "query.diversify": "none",
-}
-
 METHODS: dict[str, dict[str, object]] = {
-    "random": {**UNCORRECTED, "query.strategy": "random"},
-    "maxent": {**UNCORRECTED, "query.strategy": "maxent"},
-    "margin": {**UNCORRECTED, "query.strategy": "margin"},
-    "bald": {**UNCORRECTED, "query.strategy": "bald"},
+    # Plain active learning: no weights, the top of the score (as in the paper's sweeps).
+    **{name: paper.uncorrected(name) for name in ("random", "maxent", "margin", "bald")},
     # MALLS: medial sampling N ~ P w^lambda on max-entropy scores, importance-weighted
     # training, weights re-estimated every round (RLLS as in the paper, or MLLS + BCTS).
     **{
