@@ -219,6 +219,7 @@ class LabelShiftOptions:
     reweight_all_labeled: bool
     posterior_correction_scoring: bool
     posterior_correction_eval: bool
+    calibrated_correction: bool
     correct_confusion_predictions: bool
     soft_confusion: bool
 
@@ -898,12 +899,47 @@ def train_committee(
     return state.replace(committee=committee)
 
 
+def posterior_corrector(
+    exp: Experiment, state: malls.RoundState, preds: Predictions
+) -> Callable[[jax.Array], jax.Array]:
+    """The posterior correction p(y|x) -> p(y|x) w(y) / sum_y' p(y'|x) w(y') of this round's
+    network (``preds`` its predictions), for probabilities of any leading shape [..., k].
+
+    With ``label_shift.calibrated_correction`` (the default) the network's probabilities are
+    first calibrated (``label_shift.calibration``, e.g. BCTS) on the labeled confusion rows
+    (the held-out sample), which makes them the posteriors under that sample's label
+    distribution P_conf; they are then corrected by w = Q / P_conf, the estimate rebased
+    onto P_conf: the Bayes posterior under Q for a calibrated network, whatever prior it was
+    trained on (Alexandari et al., 2020). Without it, the raw probabilities are corrected by
+    the training weights Q / P_train (the original's correction).
+    """
+    ls = exp.options.label_shift
+    if not ls.calibrated_correction:
+        weights = class_weights(exp, state)
+        return lambda probs: label_shift.posterior_correction(probs, weights)
+    rows = malls.confusion_rows(
+        state.pool, use_holdout=exp.use_holdout, all_labeled=ls.reweight_all_labeled
+    )
+    fitted = calibration.fit_calibration(
+        ls.calibration, calibration.logits_from_probs(preds.source), exp.source_y, rows
+    )
+    weights = label_shift.rebase_weights(
+        state.estimate.weights,
+        from_dist=state.estimate.sample_dist,
+        to_dist=label_shift.label_distribution(exp.source_y, exp.num_classes, rows),
+        lam=float(ls.weight_lambda),
+    )
+    return lambda probs: label_shift.posterior_correction(
+        fitted.probs(calibration.logits_from_probs(probs)), weights
+    )
+
+
 def evaluate(exp: Experiment, state: malls.RoundState, preds: Predictions) -> dict[str, jax.Array]:
     """The round's record as arrays: accuracy family, labels, source shift, weight errors."""
     weights = class_weights(exp, state)
     probs = preds.test
     if exp.options.label_shift.corrects_evaluation:
-        probs = label_shift.posterior_correction(probs, weights)
+        probs = posterior_corrector(exp, state, preds)(probs)
     true_weights = label_shift.oracle_weights(
         train_distribution(exp, state.pool),
         label_shift.label_distribution(exp.target_y, exp.num_classes, exp.target_valid),
@@ -929,8 +965,9 @@ def query(
     q, ls = exp.options.query, exp.options.label_shift
     weights = class_weights(exp, state)
     probs = preds.source
-    if ls.corrects_scores:
-        probs = label_shift.posterior_correction(probs, weights)
+    correct = posterior_corrector(exp, state, preds) if ls.corrects_scores else None
+    if correct is not None:
+        probs = correct(probs)
     acq = q.acquisition
     mc_probs = committee_probs = None
     eval_batch = exp.options.train.eval_batch_size
@@ -943,8 +980,8 @@ def query(
             batch_size=eval_batch,
             input_fn=_eval_input(exp),
         )
-        if ls.corrects_scores:  # every member: [S, n, k]
-            committee_probs = label_shift.posterior_correction(committee_probs, weights)
+        if correct is not None:  # every member: [S, n, k]
+            committee_probs = correct(committee_probs)
     if acq.needs_mc:
         mc_key, key = jax.random.split(key)
         mc_probs = train.mc_dropout_probs(
@@ -957,8 +994,8 @@ def query(
             batch_size=eval_batch,
             input_fn=_eval_input(exp),
         )
-        if ls.corrects_scores:  # every pass: [s, n, k]
-            mc_probs = label_shift.posterior_correction(mc_probs, weights)
+        if correct is not None:  # every pass: [s, n, k]
+            mc_probs = correct(mc_probs)
     return malls.query(
         key,
         probs,

@@ -64,6 +64,18 @@ METHODS: dict[str, dict[str, object]] = {
         "label_shift.estimator": "mlls",
         "label_shift.importance_weighting": False,
     },
+    # MALLS's sampling with the correction moved from training to prediction: trained
+    # without weights, the network's probabilities calibrated (BCTS) on the held-out sample
+    # and corrected by Q / P_holdout for scoring and evaluation.
+    "MALLS calibrated": {
+        "query.strategy": "maxent",
+        "query.diversify": "medial",
+        "label_shift.estimator": "mlls",
+        "label_shift.importance_weighting": False,
+        "label_shift.posterior_correction_scoring": True,
+        "label_shift.posterior_correction_eval": True,
+        "label_shift.calibrated_correction": True,
+    },
     # BADGE (gradient embeddings, k-means++), plain and label-shift-aware: embeddings scaled
     # by the medial w^0.5 of their predicted class, importance-weighted training (MLLS).
     "badge": paper.uncorrected("badge"),
@@ -82,6 +94,7 @@ METHODS: dict[str, dict[str, object]] = {
         "label_shift.importance_weighting": True,
         "label_shift.posterior_correction_scoring": True,
         "label_shift.posterior_correction_eval": True,
+        "label_shift.calibrated_correction": False,
         "shift.holdout_fraction": 0.0,
         "shift.target_fraction": 0.0,
     },

@@ -65,7 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.label_shift = ml_collections.ConfigDict()
     config.label_shift.estimator = "rlls"  # none | bbse | rlls | mlls | oracle
     config.label_shift.rlls_reg = 1e-3
-    # mlls: calibration fitted on the held-out labeled sample first (bcts | ts | none).
+    # Calibration fitted on the held-out labeled sample (bcts | ts | none): MLLS's, and the
+    # corrections' when label_shift.calibrated_correction.
     config.label_shift.calibration = "bcts"
     config.label_shift.weight_lambda = 1.0  # w <- (1 - lambda) + lambda * w
     config.label_shift.iterative = True  # re-estimate the weights after every round
@@ -74,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.label_shift.reweight_all_labeled = True
     config.label_shift.posterior_correction_scoring = False  # score on p(y|x) w(y), renormalised
     config.label_shift.posterior_correction_eval = False  # evaluate on corrected posteriors
+    # Corrections calibrate the probabilities on the held-out sample first (label_shift.
+    # calibration) and correct by Q / P_holdout; False: the original's uncalibrated correction.
+    config.label_shift.calibrated_correction = True
     # The original's quirk: the confusion matrix on posterior-corrected predictions.
     config.label_shift.correct_confusion_predictions = False
     config.label_shift.soft_confusion = False  # confusion from probabilities instead of argmax

@@ -240,6 +240,7 @@ def test_class_balanced_selection_spreads_over_predicted_classes(built):
                 "query.diversify": "guess",
                 "train.partial_epochs": 0,
                 "label_shift.posterior_correction_scoring": True,
+                "label_shift.calibrated_correction": False,  # by the training weights
             }
         )
     )
@@ -320,3 +321,33 @@ def test_a_user_acquisition_and_estimator_run_through_the_loop(built):
     # Nothing was registered: the names in the registries are as before.
     assert "least_likely_first" not in acquisition.ACQUISITIONS
     assert "uniform_target" not in label_shift.ESTIMATORS
+
+
+def test_calibrated_correction_is_q_over_the_calibration_sample(built):
+    exp, state, preds = built
+    estimate = malls.WeightEstimate(
+        weights=jnp.linspace(0.5, 2.0, 10), sample_dist=jnp.full(10, 0.1, jnp.float32)
+    )
+    state = state.replace(estimate=estimate)
+    rows = state.pool.holdout
+    p_holdout = label_shift.label_distribution(exp.source_y, 10, rows)
+    w_holdout = np.linspace(0.5, 2.0, 10) * 0.1 / np.asarray(p_holdout)
+    # With the identity calibration, the correction is p(y|x) Q/P_holdout, renormalised.
+    plain = exp.replace(
+        options=options(
+            **{"label_shift.calibration": "none", "label_shift.posterior_correction_eval": True}
+        )
+    )
+    corrected = experiment.posterior_corrector(plain, state, preds)(preds.test)
+    expected = np.asarray(preds.test) * w_holdout
+    np.testing.assert_allclose(corrected, expected / expected.sum(-1, keepdims=True), rtol=1e-4)
+    # BCTS first fits a temperature and biases on the holdout (the NLL there can only drop).
+    bcts = exp.replace(options=options(**{"label_shift.posterior_correction_eval": True}))
+    calibrated = experiment.posterior_corrector(bcts, state, preds)(preds.test)
+    assert not np.allclose(calibrated, corrected, atol=1e-3)
+    # The original's correction: raw probabilities times the training weights.
+    original = exp.replace(options=options(**{"label_shift.calibrated_correction": False}))
+    raw = experiment.posterior_corrector(original, state, preds)(preds.test)
+    w_train = np.asarray(experiment.class_weights(original, state))
+    expected = np.asarray(preds.test) * w_train
+    np.testing.assert_allclose(raw, expected / expected.sum(-1, keepdims=True), rtol=1e-4)
