@@ -77,13 +77,16 @@ METHODS: dict[str, dict[str, object]] = {
         "label_shift.calibrated_correction": True,
     },
     # BADGE (gradient embeddings, k-means++), plain and label-shift-aware: embeddings scaled
-    # by the medial w^0.5 of their predicted class, importance-weighted training (MLLS).
+    # by the medial w^0.5 of their predicted class, with MALLS's calibrated correction.
     "badge": paper.uncorrected("badge"),
     "badge MALLS": {
         "query.strategy": "badge",
         "query.diversify": "medial",
         "label_shift.estimator": "mlls",
-        "label_shift.importance_weighting": True,
+        "label_shift.importance_weighting": False,
+        "label_shift.posterior_correction_scoring": True,
+        "label_shift.posterior_correction_eval": True,
+        "label_shift.calibrated_correction": True,
     },
     # The original's MALLS: class-balanced maxent, importance weights and posterior
     # correction on top, the confusion matrix on the training rows, mu_t on the test split.
