@@ -113,7 +113,7 @@ def test_end_to_end_three_rounds(reference_run):
     assert len(lines) == 5 and "per_class_accuracy_9" in lines[0]
     # TensorBoard events under a run name that says method, shift and seed.
     run_dir = os.path.join(
-        workdir, "tensorboard", "rlls-maxent-guess_dirichlet_target-alpha0.6_seed0"
+        workdir, "tensorboard", "mlls-maxent-medial0.5_dirichlet_target-alpha0.6_seed0"
     )
     assert any(name.startswith("events") for name in os.listdir(run_dir))
 
@@ -206,7 +206,10 @@ def test_bad_config_value_is_one_line(tmp_path):
         )
     # medial_lambda is the parameter of diversify=medial: with another mode it would be ignored.
     with pytest.raises(replicate.ConfigError, match="query.medial_lambda.*query.diversify"):
-        replicate.run(small_config(**{"query.medial_lambda": 0.5}), str(tmp_path / "x"))
+        replicate.run(
+            small_config(**{"query.diversify": "guess", "query.medial_lambda": 0.5}),
+            str(tmp_path / "x"),
+        )
     with pytest.raises(replicate.ConfigError, match="checkpoint_keep"):
         replicate.run(small_config(checkpoint_keep=0), str(tmp_path / "x"))
     with pytest.raises(replicate.ConfigError, match="shift.alpha"):
@@ -230,7 +233,7 @@ def test_workdir_of_another_experiment_is_refused(reference_run):
     [
         (["--config.query.strategy=maxentt"], "query.strategy"),
         (["--config.no_such_field=1"], "no_such_field"),
-        (["--config.query.medial_lambda=0.3"], "query.diversify"),
+        (["--config.query.diversify=guess", "--config.query.medial_lambda=0.3"], "query.diversify"),
         (["--config.query.diversify=medial", "--config.query.medial_lambda=-0.1"], "medial_lambda"),
         # A typo in a field: named plainly, with the closest field.
         (
@@ -342,4 +345,7 @@ def test_eight_devices_match_one_device(reference_run, tmp_path):
     assert [r["labels_bought"] for r in sharded] == [r["labels_bought"] for r in expected]
     for got, want in zip(sharded, expected, strict=True):
         for name, value in want.items():
-            np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+            # The weight estimate (BCTS by L-BFGS, then EM) iterates to a tolerance, which
+            # float32 reduction orders move by a few parts in 10^4.
+            rtol = 2e-3 if name.startswith("weight") else 1e-4
+            np.testing.assert_allclose(got[name], value, rtol=rtol, atol=1e-5, err_msg=name)

@@ -2,10 +2,12 @@
 
 Methods are config overrides. "Uncorrected" active learning estimates no weights
 (w = 1: no importance weighting, no posterior correction) and takes the top of the
-acquisition score. MALLS here is alsa_jax's default MALLS: RLLS weights re-estimated
-after every round, importance-weighted training on every label, class-balanced
-("guess") selection over predicted labels, and no posterior correction on top of the
-importance weights (the original's double correction is one of the ablations).
+acquisition score. MALLS here is alsa_jax's default MALLS (configs/base.py): labels from the
+medial distribution N ~ P w^0.5, w estimated by MLLS with bias-corrected temperature
+scaling and re-estimated after every round, and the correction for the target made on
+calibrated posteriors (scoring and evaluation) rather than by importance-weighted training;
+the paper's importance-weighted MALLS and the original's double correction are among the
+ablations.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ UNCORRECTED = {
 }
 
 MALLS = {
-    "label_shift.estimator": "rlls",
+    "label_shift.estimator": "mlls",
     "label_shift.iterative": True,
     "label_shift.reweight_all_labeled": True,
-    "label_shift.importance_weighting": True,
-    "label_shift.posterior_correction_scoring": False,
-    "label_shift.posterior_correction_eval": False,
-    "query.diversify": "guess",
+    "label_shift.importance_weighting": False,
+    "label_shift.posterior_correction_scoring": True,
+    "label_shift.posterior_correction_eval": True,
+    "label_shift.calibrated_correction": True,
+    "query.diversify": "medial",
 }
 
 
@@ -59,22 +62,22 @@ METHODS = {
 # The posterior correction p(y|x) w(y) switched on and off around MALLS (on maxent).
 POSTERIOR_ABLATIONS = {
     "maxent": uncorrected("maxent"),
+    # The default: calibrated posterior correction for scoring and evaluation.
     "malls_maxent": malls("maxent"),
-    # The original's MALLS: importance weights and posterior correction together.
-    "malls_maxent_iw+pc": malls(
-        "maxent", posterior_correction_scoring=True, posterior_correction_eval=True
-    ),
-    # The original's no_infer: corrected scores, uncorrected evaluation.
-    "malls_maxent_iw+pc_scoring": malls("maxent", posterior_correction_scoring=True),
-    # The original's only_rlls_infer: uncorrected scores, corrected evaluation.
-    "malls_maxent_iw+pc_eval": malls("maxent", posterior_correction_eval=True),
-    # Posterior correction instead of importance-weighted training.
-    "malls_maxent_pc": malls(
+    # The correction for scoring only, or for evaluation only.
+    "malls_maxent_pc_scoring": malls("maxent", posterior_correction_eval=False),
+    "malls_maxent_pc_eval": malls("maxent", posterior_correction_scoring=False),
+    # The correction on uncalibrated posteriors (by the training weights).
+    "malls_maxent_pc_uncalibrated": malls("maxent", calibrated_correction=False),
+    # The paper's MALLS: importance-weighted training, no posterior correction.
+    "malls_maxent_iw": malls(
         "maxent",
-        importance_weighting=False,
-        posterior_correction_scoring=True,
-        posterior_correction_eval=True,
+        importance_weighting=True,
+        posterior_correction_scoring=False,
+        posterior_correction_eval=False,
     ),
+    # The original's MALLS: importance weights and uncalibrated posterior correction together.
+    "malls_maxent_iw+pc": malls("maxent", importance_weighting=True, calibrated_correction=False),
 }
 
 
