@@ -152,11 +152,14 @@ def main() -> None:
         field, value = item.split("=", 1)
         extra[field] = json.loads(value) if value[:1] in "0123456789-[{tfn" else value
     runs: dict[str, dict[int, list[dict]]] = {name: {} for name in args.methods}
+    kept: dict[str, dict] = {}  # other methods' runs in --out, written back untouched
     if args.out and os.path.exists(args.out):  # continue an interrupted comparison
         with open(args.out) as f:
             for name, by_seed in json.load(f)["runs"].items():
                 if name in runs:
                     runs[name] = {int(seed): history for seed, history in by_seed.items()}
+                else:
+                    kept[name] = by_seed
     start = time.time()
     with tempfile.TemporaryDirectory() as scratch:
         base = {**dataset_overrides(args.dataset, scratch), **SHIFTS[args.shift], **extra}
@@ -171,7 +174,7 @@ def main() -> None:
                 runs[name][seed] = history
                 if args.out:
                     with open(args.out, "w") as f:
-                        json.dump({"args": vars(args), "runs": runs}, f)
+                        json.dump({"args": vars(args), "runs": {**kept, **runs}}, f)
                 last = history[-1]
                 print(
                     f"seed {seed} {name:<16} h0 {history[0]['accuracy']:.4f} -> acc "
