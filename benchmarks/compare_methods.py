@@ -150,7 +150,10 @@ def main() -> None:
     extra = {}
     for item in args.set:
         field, value = item.split("=", 1)
-        extra[field] = json.loads(value) if value[:1] in "0123456789-[{tfn" else value
+        try:
+            extra[field] = json.loads(value)
+        except json.JSONDecodeError:  # a bare string
+            extra[field] = value
     runs: dict[str, dict[int, list[dict]]] = {name: {} for name in args.methods}
     kept: dict[str, dict] = {}  # other methods' runs in --out, written back untouched
     if args.out and os.path.exists(args.out):  # continue an interrupted comparison
