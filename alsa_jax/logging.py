@@ -96,17 +96,37 @@ def _diversify(query: Mapping[str, Any]) -> str:
     return diversify
 
 
+def _correction(label_shift: Mapping[str, Any]) -> str:
+    """How the weights correct for the target: ``iw`` (importance-weighted training),
+    ``cal`` (calibrated posterior correction), ``pc`` (uncalibrated), joined by ``+``;
+    ``""`` when there are no weights or nothing uses them."""
+    if label_shift.get("estimator", "none") == "none":
+        return ""
+    parts = ["iw"] if label_shift.get("importance_weighting") else []
+    if label_shift.get("posterior_correction_scoring") or label_shift.get(
+        "posterior_correction_eval"
+    ):
+        parts.append("cal" if label_shift.get("calibrated_correction") else "pc")
+    return "+".join(parts)
+
+
 def method_name(config: Mapping[str, Any]) -> str:
-    """The method as ``<estimator>-<strategy>[-<diversify>]``, e.g. ``rlls-maxent-guess``.
+    """The method as ``<estimator>-<strategy>[-<diversify>][-<correction>]``, e.g.
+    ``mlls-maxent-medial0.5-cal`` (the defaults) or ``rlls-maxent-guess-iw``.
 
     ``config`` is the config as a dict (``ConfigDict.to_dict()``). ``medial``
     diversification carries its lambda (``-medial0.25``; 0.5 when
-    ``query.medial_lambda`` is unset); ``none`` is left out.
+    ``query.medial_lambda`` is unset); ``none`` is left out. The correction says how the
+    estimated weights act: ``iw`` importance-weighted training, ``cal`` the calibrated
+    posterior correction (scoring or evaluation), ``pc`` the uncalibrated one, joined by
+    ``+`` (the original's MALLS is ``iw+pc``); left out with the ``none`` estimator.
     """
     query = config["query"]
     parts = [config["label_shift"]["estimator"], query["strategy"]]
     if _diversify(query) != "none":
         parts.append(_diversify(query))
+    if _correction(config["label_shift"]):
+        parts.append(_correction(config["label_shift"]))
     return "-".join(parts)
 
 
@@ -119,7 +139,7 @@ def shift_name(config: Mapping[str, Any]) -> str:
 def run_name(config: Mapping[str, Any]) -> str:
     """``<method>_<shift>_seed<seed>``: the name of a run's TensorBoard event directory.
 
-    E.g. ``rlls-maxent-guess_dirichlet_target-alpha0.6_seed0``; characters outside
+    E.g. ``mlls-maxent-medial0.5-cal_dirichlet_target-alpha0.6_seed0``; characters outside
     ``[A-Za-z0-9._-]`` become ``-``.
     """
     name = f"{method_name(config)}_{shift_name(config)}_seed{config['seed']}"
@@ -130,7 +150,7 @@ def hparams(config: Mapping[str, Any]) -> dict[str, str | float | bool]:
     """The config's key fields for TensorBoard's HParams dashboard (flat, str/float/bool).
 
     ``method`` (as :func:`method_name`), its parts (``estimator``, ``strategy``,
-    ``diversify``), the label-shift flags that change the method, the shift
+    ``diversify``, ``medial_lambda``), the label-shift fields that change the method, the shift
     (``shift``, ``alpha``), ``seed``, ``dataset`` and ``model``.
     """
     ls, query = config["label_shift"], config["query"]
@@ -143,6 +163,11 @@ def hparams(config: Mapping[str, Any]) -> dict[str, str | float | bool]:
         "iterative": bool(ls["iterative"]),
         "posterior_correction_scoring": bool(ls["posterior_correction_scoring"]),
         "posterior_correction_eval": bool(ls["posterior_correction_eval"]),
+        "calibrated_correction": bool(ls.get("calibrated_correction", False)),
+        "calibration": str(ls.get("calibration", "none")),
+        "medial_lambda": float(
+            0.5 if query.get("medial_lambda") is None else query["medial_lambda"]
+        ),
         "shift": config["shift"]["strategy"],
         "alpha": float(config["shift"]["alpha"]),
         "seed": float(config["seed"]),

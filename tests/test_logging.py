@@ -92,16 +92,31 @@ def test_results_files_respect_the_umask(tmp_path):
 
 def test_run_name_and_hparams_of_the_digits_config():
     config = digits.get_config().to_dict()
-    assert results_log.method_name(config) == "rlls-maxent-guess"
+    assert results_log.method_name(config) == "rlls-maxent-medial0.5-iw"
     assert results_log.shift_name(config) == "dirichlet_target-alpha0.6"
-    assert results_log.run_name(config) == "rlls-maxent-guess_dirichlet_target-alpha0.6_seed0"
+    assert (
+        results_log.run_name(config) == "rlls-maxent-medial0.5-iw_dirichlet_target-alpha0.6_seed0"
+    )
     hp = results_log.hparams(config)
-    assert hp["method"] == "rlls-maxent-guess"
-    assert (hp["estimator"], hp["strategy"], hp["diversify"]) == ("rlls", "maxent", "guess")
+    assert hp["method"] == "rlls-maxent-medial0.5-iw"
+    assert (hp["estimator"], hp["strategy"], hp["diversify"]) == ("rlls", "maxent", "medial0.5")
     assert (hp["shift"], hp["alpha"], hp["seed"]) == ("dirichlet_target", 0.6, 0.0)
     assert (hp["dataset"], hp["model"]) == ("digits", "cnn")
     assert hp["importance_weighting"] is True and hp["posterior_correction_eval"] is False
+    assert hp["calibrated_correction"] is True and hp["calibration"] == "bcts"
+    assert hp["medial_lambda"] == 0.5
     assert all(isinstance(v, (str, float, bool)) for v in hp.values())
+
+    # The correction the weights make: calibrated posteriors, uncalibrated, or both with
+    # importance-weighted training (the original's).
+    config["label_shift"].update(
+        importance_weighting=False, posterior_correction_scoring=True, estimator="mlls"
+    )
+    assert results_log.method_name(config) == "mlls-maxent-medial0.5-cal"
+    config["label_shift"].update(importance_weighting=True, calibrated_correction=False)
+    assert results_log.method_name(config) == "mlls-maxent-medial0.5-iw+pc"
+    config["label_shift"].update(importance_weighting=False, posterior_correction_scoring=False)
+    assert results_log.method_name(config) == "mlls-maxent-medial0.5"
 
     config["query"].update(strategy="bald_vote", diversify="medial", medial_lambda=0.25)
     config["label_shift"]["estimator"] = "none"
@@ -226,7 +241,7 @@ def test_run_writer_events(tmp_path):
 
     hp = _hparams_of(str(logdir))
     start = hp["_hparams_/session_start_info"].session_start_info.hparams
-    assert start["method"].string_value == "rlls-maxent-guess"
+    assert start["method"].string_value == "rlls-maxent-medial0.5-iw"
     assert start["shift"].string_value == "dirichlet_target"
     assert start["alpha"].number_value == pytest.approx(0.6)
     assert start["seed"].number_value == 0.0
