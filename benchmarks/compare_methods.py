@@ -52,6 +52,8 @@ METHODS: dict[str, dict[str, object]] = {
             "query.medial_lambda": lam,
             "label_shift.estimator": estimator,
             "label_shift.importance_weighting": True,
+            "label_shift.posterior_correction_scoring": False,
+            "label_shift.posterior_correction_eval": False,
         }
         for estimator in ("rlls", "mlls")
         for lam in (0.0, 0.5, 1.0)
@@ -63,6 +65,8 @@ METHODS: dict[str, dict[str, object]] = {
         "query.diversify": "medial",
         "label_shift.estimator": "mlls",
         "label_shift.importance_weighting": False,
+        "label_shift.posterior_correction_scoring": False,
+        "label_shift.posterior_correction_eval": False,
     },
     # MALLS's sampling with the correction moved from training to prediction: trained
     # without weights, the network's probabilities calibrated (BCTS) on the held-out sample

@@ -10,15 +10,17 @@ from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """The MALLS defaults: labels bought from the medial distribution N ~ P w^0.5 (the
-    budget spread over predicted classes on max-entropy scores), w = Q/P estimated by MLLS
-    with bias-corrected temperature scaling and re-estimated after every round; the
-    network trained on its labels as they are, and its posteriors corrected for the target
-    (calibrated on the held-out sample, then times Q / P_holdout) for scoring and evaluation.
+    """The MALLS defaults, as the paper defines the method: labels bought from the medial
+    distribution N ~ P w^0.5 (the budget spread over predicted classes on max-entropy
+    scores), w = Q/P estimated by RLLS on a held-out labeled sample and re-estimated after
+    every round, and every label importance-weighted in training.
 
-    The paper's importance-weighted training is ``label_shift.importance_weighting=True``
-    with both ``posterior_correction_*`` off; README.md ("Does MALLS save labels?") gives the
-    evidence for moving the correction from training to prediction.
+    Posterior correction (p(y|x) w(y), renormalised) is for a network trained *without*
+    importance weights, so it is off here. alsa_jax's alternative to importance-weighted
+    training, the correction made on posteriors calibrated on the held-out sample, is
+    ``label_shift.importance_weighting=False`` with both ``posterior_correction_*`` on (and
+    ``label_shift.estimator=mlls``); README.md ("Does MALLS save labels?") says where
+    each one wins.
     """
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -67,18 +69,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.shift.initial_prop = 0.0  # fraction of the pool labeled up front
 
     config.label_shift = ml_collections.ConfigDict()
-    config.label_shift.estimator = "mlls"  # none | bbse | rlls | mlls | oracle
+    config.label_shift.estimator = "rlls"  # none | bbse | rlls | mlls | oracle
     config.label_shift.rlls_reg = 1e-3
     # Calibration fitted on the held-out labeled sample (bcts | ts | none): MLLS's, and the
     # corrections' when label_shift.calibrated_correction.
     config.label_shift.calibration = "bcts"
     config.label_shift.weight_lambda = 1.0  # w <- (1 - lambda) + lambda * w
     config.label_shift.iterative = True  # re-estimate the weights after every round
-    config.label_shift.importance_weighting = False  # train with the weights w(y)
+    config.label_shift.importance_weighting = True  # train with the weights w(y)
     # Weight every labeled example, not only the warm start (the original's reweight).
     config.label_shift.reweight_all_labeled = True
-    config.label_shift.posterior_correction_scoring = True  # score on p(y|x) w(y), renormalised
-    config.label_shift.posterior_correction_eval = True  # evaluate on corrected posteriors
+    config.label_shift.posterior_correction_scoring = False  # score on p(y|x) w(y), renormalised
+    config.label_shift.posterior_correction_eval = False  # evaluate on corrected posteriors
     # Corrections calibrate the probabilities on the held-out sample first (label_shift.
     # calibration) and correct by Q / P_holdout; False: the original's uncalibrated correction.
     config.label_shift.calibrated_correction = True

@@ -113,7 +113,7 @@ def test_end_to_end_three_rounds(reference_run):
     assert len(lines) == 5 and "per_class_accuracy_9" in lines[0]
     # TensorBoard events under a run name that says method, shift and seed.
     run_dir = os.path.join(
-        workdir, "tensorboard", "mlls-maxent-medial0.5_dirichlet_target-alpha0.6_seed0"
+        workdir, "tensorboard", "rlls-maxent-medial0.5-iw_dirichlet_target-alpha0.6_seed0"
     )
     assert any(name.startswith("events") for name in os.listdir(run_dir))
 

@@ -174,14 +174,15 @@ def test_every_shipped_sweep_file_checks_against_the_config(tmp_path):
     assert counts == {
         "paper_methods": 70,
         "paper_shifts": 490,
-        "paper_posterior_ablations": 60,
-        "digits_methods": 9,
+        "paper_posterior_ablations": 70,
+        "digits_methods": 12,
     }
     assert not os.listdir(tmp_path)  # checking writes nothing
     runs = sweeps.load_sweep(os.path.join(ROOT, "configs", "sweeps", "paper_methods.py"))
     malls = next(r for r in runs if r.method == "malls_bald")
     assert malls.overrides["label_shift.estimator"] == "rlls"
-    assert malls.overrides["query.diversify"] == "guess"
+    assert malls.overrides["query.diversify"] == "medial"
+    assert malls.overrides["label_shift.importance_weighting"] is True
     assert malls.overrides["query.strategy"] == "bald"
     assert malls.overrides["shift.strategy"] == "dirichlet_mix"
     assert malls.overrides["shift.alpha"] == 0.7

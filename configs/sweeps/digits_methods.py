@@ -1,10 +1,11 @@
-"""MALLS against uncorrected maxent and random on the bundled digits, 3 seeds.
+"""MALLS (the paper's) and MALLS with the calibrated correction against uncorrected maxent
+and random on the bundled digits, 3 seeds.
 
     python -m launch.sweep --config configs/digits.py \\
         --sweep configs/sweeps/digits_methods.py --workdir runs/digits_methods
     python -m launch.report runs/digits_methods
 
-3 methods x 3 seeds = 9 runs sharing three h0; sweep and report take a few minutes on 2 CPU
+4 methods x 3 seeds = 12 runs sharing three h0; sweep and report take a few minutes on 2 CPU
 cores. One change to configs/digits.py: a warm start of 0.15 / 1.15 of the 1000 examples
 (about 130 labels) instead of half of them (500), so that accuracy still has room to grow
 while labels are bought; with 500 warm-start labels every method starts at 0.96-0.97 and the
@@ -20,6 +21,7 @@ METHODS = {
     "random": paper.uncorrected("random"),
     "maxent": paper.uncorrected("maxent"),
     "malls_maxent": paper.malls("maxent"),
+    "malls_maxent_calibrated": paper.POSTERIOR_ABLATIONS["malls_maxent_calibrated"],
 }
 
 # configs/digits.py's shift, named.

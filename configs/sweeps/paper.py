@@ -2,12 +2,11 @@
 
 Methods are config overrides. "Uncorrected" active learning estimates no weights
 (w = 1: no importance weighting, no posterior correction) and takes the top of the
-acquisition score. MALLS here is alsa_jax's default MALLS (configs/base.py): labels from the
-medial distribution N ~ P w^0.5, w estimated by MLLS with bias-corrected temperature
-scaling and re-estimated after every round, and the correction for the target made on
-calibrated posteriors (scoring and evaluation) rather than by importance-weighted training;
-the paper's importance-weighted MALLS and the original's double correction are among the
-ablations.
+acquisition score. MALLS is the paper's (configs/base.py's defaults): labels from the
+medial distribution N ~ P w^0.5, w estimated by RLLS on a held-out labeled sample and
+re-estimated after every round, every label importance-weighted in training. The ablations
+move the correction for the target from training to posteriors calibrated on the held-out
+sample (alsa_jax's alternative), or stack both as the original code did.
 """
 
 from __future__ import annotations
@@ -23,15 +22,30 @@ UNCORRECTED = {
 }
 
 MALLS = {
-    "label_shift.estimator": "mlls",
+    "label_shift.estimator": "rlls",
     "label_shift.iterative": True,
     "label_shift.reweight_all_labeled": True,
+    "label_shift.importance_weighting": True,
+    "label_shift.posterior_correction_scoring": False,
+    "label_shift.posterior_correction_eval": False,
+    "query.diversify": "medial",
+}
+
+# MALLS's sampling with the correction for the target moved from training to prediction:
+# trained on the labels as they are, the probabilities calibrated (BCTS) on the held-out
+# sample and corrected by Q / P_holdout for scoring and evaluation; MLLS estimates w.
+CALIBRATED = {
+    "label_shift.estimator": "mlls",
     "label_shift.importance_weighting": False,
     "label_shift.posterior_correction_scoring": True,
     "label_shift.posterior_correction_eval": True,
     "label_shift.calibrated_correction": True,
-    "query.diversify": "medial",
 }
+
+
+def _leaves(overrides: dict) -> dict:
+    """``label_shift.*`` overrides as leaf names (the keywords of :func:`malls`)."""
+    return {key.split(".", 1)[1]: value for key, value in overrides.items()}
 
 
 def uncorrected(strategy: str) -> dict:
@@ -59,25 +73,29 @@ METHODS = {
     "malls_bald": malls("bald"),
 }
 
-# The posterior correction p(y|x) w(y) switched on and off around MALLS (on maxent).
+# The correction for the target, in training or on the posteriors, around MALLS on maxent.
 POSTERIOR_ABLATIONS = {
     "maxent": uncorrected("maxent"),
-    # The default: calibrated posterior correction for scoring and evaluation.
+    # The paper's MALLS: importance-weighted training (RLLS).
     "malls_maxent": malls("maxent"),
-    # The correction for scoring only, or for evaluation only.
-    "malls_maxent_pc_scoring": malls("maxent", posterior_correction_eval=False),
-    "malls_maxent_pc_eval": malls("maxent", posterior_correction_scoring=False),
-    # The correction on uncalibrated posteriors (by the training weights).
-    "malls_maxent_pc_uncalibrated": malls("maxent", calibrated_correction=False),
-    # The paper's MALLS: importance-weighted training, no posterior correction.
-    "malls_maxent_iw": malls(
-        "maxent",
-        importance_weighting=True,
-        posterior_correction_scoring=False,
-        posterior_correction_eval=False,
+    # The same with MLLS + BCTS estimating w.
+    "malls_maxent_mlls": malls("maxent", estimator="mlls"),
+    # The calibrated posterior correction instead of importance weighting, for scoring and
+    # evaluation, for scoring only, or for evaluation only.
+    "malls_maxent_calibrated": malls("maxent", **_leaves(CALIBRATED)),
+    "malls_maxent_calibrated_scoring": malls(
+        "maxent", **{**_leaves(CALIBRATED), "posterior_correction_eval": False}
     ),
-    # The original's MALLS: importance weights and uncalibrated posterior correction together.
-    "malls_maxent_iw+pc": malls("maxent", importance_weighting=True, calibrated_correction=False),
+    "malls_maxent_calibrated_eval": malls(
+        "maxent", **{**_leaves(CALIBRATED), "posterior_correction_scoring": False}
+    ),
+    # The original's MALLS: importance weights and the uncalibrated correction together.
+    "malls_maxent_iw+pc": malls(
+        "maxent",
+        posterior_correction_scoring=True,
+        posterior_correction_eval=True,
+        calibrated_correction=False,
+    ),
 }
 
 

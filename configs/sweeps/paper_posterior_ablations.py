@@ -4,7 +4,7 @@ maxent, under the main shift (dirichlet_mix, alpha 0.7), 10 seeds.
     python -m launch.sweep --config configs/<dataset>.py \\
         --sweep configs/sweeps/paper_posterior_ablations.py --workdir runs/<dataset>_posterior
 
-6 methods x 1 shift x 10 seeds = 60 runs.
+7 methods x 1 shift x 10 seeds = 70 runs.
 """
 
 from __future__ import annotations
