@@ -38,12 +38,20 @@ class _Patch:
         self.undo = []
 
     def setattr(self, target, name, value):
-        self.undo.append((target, name, getattr(target, name)))
+        # An attribute the target only inherits (or computes) is deleted again, not set to
+        # its current value: a subclass (CIFAR-100's builder derives from CIFAR-10's) must
+        # not inherit the patched value afterwards.
+        own = isinstance(target, type) and name in vars(target)
+        saved = vars(target)[name] if own else getattr(target, name, None)
+        self.undo.append((target, name, saved, own or not isinstance(target, type)))
         setattr(target, name, value)
 
     def close(self):
-        for target, name, value in reversed(self.undo):
-            setattr(target, name, value)
+        for target, name, value, restore in reversed(self.undo):
+            if restore:
+                setattr(target, name, value)
+            else:
+                delattr(target, name)
 
 
 def _noise(rng, n, shape):
