@@ -14,7 +14,8 @@ degrees on the device. The full run needs a GPU.
 Data: TFDS's ``cifar10`` in ``--config.dataset.data_dir`` (prepare it on a machine with
 internet with ``python -m alsa_jax.datasets cifar10 --data_dir DIR``).
 ``:small``: 400 examples, 2 rounds, 2 initial and 1 fine-tuning epoch, on 2 CPU cores.
-Cost: not measured yet (full run; small variant).
+Cost: the small variant ran in 227 s on 2 loaded CPU cores; the full run trains 5.7 M
+images through ResNet-18, about 12 days on such a CPU (README, "Cost"): use a GPU.
 """
 
 from __future__ import annotations

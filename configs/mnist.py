@@ -11,7 +11,8 @@ normalised with MNIST's mean 0.1307 and std 0.3081 per batch; no augmentation.
 Data: TFDS's ``mnist`` in ``--config.dataset.data_dir`` (prepare it on a machine with
 internet with ``python -m alsa_jax.datasets mnist --data_dir DIR``).
 ``:small``: 600 examples, 4 rounds, 3 initial and 1 fine-tuning epoch.
-Cost: not measured yet (full run; small variant).
+Cost: the small variant ran in 51 s (data prepared in 11 s) on 2 loaded CPU cores; the full
+run trains 0.34 M images, about 10-15 minutes on such a CPU (README, "Cost").
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ Data: put nabirds.tar.gz (https://dl.allaboutbirds.org/nabirds) into
 ``python -m alsa_jax.datasets nabirds --data_dir DIR [--image_size 32]``).
 ``:small``: 32x32 images cropped to 24, 300 examples (150 to test), 2 rounds, 1 initial and
 1 fine-tuning epoch, on 2 CPU cores: a check of the code path, too small to learn 228 groups.
-Cost: not measured yet (full run; small variant).
+Cost: the small variant ran in 376 s on 2 loaded CPU cores; the full run trains 4.0 M
+150x150 crops through ResNet-34 (README, "Cost"): use a GPU.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ The full run needs a GPU.
 
 Data: as configs/nabirds.py (the same prepared images serve every granularity).
 ``:small``: as configs/nabirds.py:small.
-Cost: not measured yet (full run; small variant).
+Cost: the small variant ran in 160 s on 2 loaded CPU cores; the full run trains 4.0 M
+150x150 crops through ResNet-34 (README, "Cost"): use a GPU.
 """
 
 from __future__ import annotations
