@@ -112,7 +112,7 @@ def _correction(label_shift: Mapping[str, Any]) -> str:
 
 def method_name(config: Mapping[str, Any]) -> str:
     """The method as ``<estimator>-<strategy>[-<diversify>][-<correction>]``, e.g.
-    ``mlls-maxent-medial0.5-cal`` (the defaults) or ``rlls-maxent-guess-iw``.
+    ``rlls-maxent-medial0.5-iw`` (the defaults) or ``mlls-maxent-medial0.5-cal``.
 
     ``config`` is the config as a dict (``ConfigDict.to_dict()``). ``medial``
     diversification carries its lambda (``-medial0.25``; 0.5 when
@@ -139,7 +139,7 @@ def shift_name(config: Mapping[str, Any]) -> str:
 def run_name(config: Mapping[str, Any]) -> str:
     """``<method>_<shift>_seed<seed>``: the name of a run's TensorBoard event directory.
 
-    E.g. ``mlls-maxent-medial0.5-cal_dirichlet_target-alpha0.6_seed0``; characters outside
+    E.g. ``rlls-maxent-medial0.5-iw_dirichlet_target-alpha0.6_seed0``; characters outside
     ``[A-Za-z0-9._-]`` become ``-``.
     """
     name = f"{method_name(config)}_{shift_name(config)}_seed{config['seed']}"
