@@ -838,8 +838,7 @@ def fit(
             all_labeled=ls.reweight_all_labeled,
         )
     network = state.committee if committee else state.train
-    init = jax.vmap(exp.tx.init) if committee else exp.tx.init
-    fresh = network.replace(opt_state=init(network.params))
+    fresh = train.fresh_optimizer(exp.tx, stacked=1 if committee else 0)(network)
     count = int(jnp.sum(rows))
     steps_per_epoch = max(1, -(-count // t.batch_size))
     epochs = t.initial_epochs if initial else t.partial_epochs

@@ -8,9 +8,12 @@ grows, so everything here is built to compile once and run every round:
 - The learning rate lives in the optimizer state (``optax.inject_hyperparams``) and is an
   argument of the step, so a schedule computed in Python (:func:`learning_rate_at`) can set
   it every step without recompiling.
-- :func:`fit` walks epochs in Python, but the jitted step only ever sees ``[batch_size]``
-  batches gathered on device from the fixed data arrays with a row mask, so labeled sets
-  of any size share one compiled step.
+- :func:`fit` runs each epoch's steps as one jitted loop (``lax.fori_loop`` with a traced
+  step count): every step gathers its ``[batch_size]`` batch on the device from the fixed
+  data arrays with a row mask, so labeled sets of any size, h0 and every round's
+  fine-tuning share one compiled loop, and Python dispatches once per epoch instead of
+  twice per step. :func:`fit_stacked` runs the same loop vmapped over a leading axis of
+  independent runs (seeds), each with its own rows, weights and keys.
 - :func:`predict_probs` and :func:`mc_dropout_probs` pad to whole batches and ``lax.map``
   over them: one compile per distinct number of rows.
 
@@ -170,16 +173,46 @@ def create_train_state(
     initialised on a zero batch of one. Replicated over the devices when there are several.
     """
     input_shape = tuple(int(s) for s in input_shape)
-    init = jax.jit(lambda k, x: model.init({"params": k}, x, train=False))
-    variables = init(key, jnp.zeros((1, *input_shape), jnp.float32))
-    params = variables["params"]
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
-    )
-    return parallel.replicate(state)
+    return parallel.replicate(_initializer(model, tx, input_shape)(key))
+
+
+@functools.cache
+def _initializer(
+    model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...]
+) -> Callable[[jax.Array], TrainState]:
+    """One jitted initialisation per (model, optimizer, input shape), shared by every call."""
+
+    def init(key: jax.Array) -> TrainState:
+        variables = model.init(
+            {"params": key}, jnp.zeros((1, *input_shape), jnp.float32), train=False
+        )
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+        )
+
+    return jax.jit(init)
+
+
+@functools.cache
+def fresh_optimizer(
+    tx: optax.GradientTransformation, *, stacked: int = 0
+) -> Callable[[TrainState], TrainState]:
+    """``state -> state`` with ``tx``'s initial optimizer state (jitted once per ``tx``).
+
+    ``stacked``: how many leading axes of independent networks the state has (an ensemble,
+    runs of several seeds, or both); each network gets its own fresh optimizer state.
+    """
+
+    def reset(state: TrainState) -> TrainState:
+        return state.replace(opt_state=tx.init(state.params))
+
+    for _ in range(int(stacked)):
+        reset = jax.vmap(reset)
+    return jax.jit(reset)
 
 
 InputFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -280,11 +313,20 @@ def create_ensemble_state(
     state trains with :func:`make_ensemble_train_step` (all members in one vmapped step).
     """
     validation.check_positive("ensemble_size", ensemble_size)
-    members = [
-        create_train_state(jax.random.fold_in(key, i), model, tx, input_shape)
-        for i in range(int(ensemble_size))
-    ]
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *members)
+    input_shape = tuple(int(s) for s in input_shape)
+    return parallel.replicate(
+        _ensemble_initializer(model, tx, input_shape, int(ensemble_size))(key)
+    )
+
+
+@functools.cache
+def _ensemble_initializer(
+    model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...], size: int
+) -> Callable[[jax.Array], TrainState]:
+    init = _initializer(model, tx, input_shape)
+    return jax.jit(
+        lambda key: jax.vmap(lambda i: init(jax.random.fold_in(key, i)))(jnp.arange(size))
+    )
 
 
 def make_ensemble_train_step(
@@ -321,30 +363,167 @@ def member(state: TrainState, index: int) -> TrainState:
 # The epoch loop.
 
 
-@jax.jit
-def _epoch_order(key: jax.Array, rows: jax.Array) -> jax.Array:
+def _order(key: jax.Array, rows: jax.Array) -> jax.Array:
     """A random permutation of [0, n) with the selected rows first (in random order). [n]."""
     perm = jax.random.permutation(key, rows.shape[0])
     return perm[jnp.argsort(~rows[perm], stable=True)]
 
 
+_epoch_order = jax.jit(_order)
+_stacked_epoch_order = jax.jit(jax.vmap(_order))
+
+
+def _pure_step(train_step: Callable[..., Any]) -> Callable[..., Any]:
+    """The traceable step behind a jitted one (``jax.jit`` keeps it as ``__wrapped__``)."""
+    return getattr(train_step, "__wrapped__", train_step)
+
+
 @functools.cache
-def _batch_gatherer(batch_size: int, device_count: int) -> Callable[..., Any]:
-    """Jitted gather of step ``s``'s batch from the device arrays (one compile per data shape)."""
+def _step_loop(
+    step_fn: Callable[..., Any], batch_size: int, device_count: int, stacked: bool
+) -> Callable[..., Any]:
+    """Steps ``[start, stop)`` of an epoch as one jitted ``lax.fori_loop``.
 
-    def gather(data_x, x_index, data_y, example_weight, order, count, step, dropout_key):
-        position = step * batch_size + jnp.arange(batch_size)
-        # The last batch wraps around to the epoch's first rows: real examples (so batch
-        # norm sees real data) that the mask keeps out of the loss.
-        index = order[position % jnp.maximum(count, 1)]
-        mask = position < count
-        key = jax.random.fold_in(dropout_key, step)
-        return data_x[x_index[index]], data_y[index], example_weight[index], mask, key
+    ``loop(state, data_x, index, data_y, example_weight, order, count, lrs, dropout_key,
+    start, stop) -> (state, per_step)``: step ``s`` trains on the rows ``order[s * B + i]``
+    (i < B), the last batch wrapping around to the epoch's first rows, which the mask keeps
+    out of the loss (real examples, so batch norm sees real data), at learning rate
+    ``lrs[s]`` with dropout from ``fold_in(dropout_key, s)``; ``per_step`` [len(lrs), 3]
+    holds each step's (loss, accuracy, count) in row s, zeros for the steps not run.
+    ``start``/``stop`` are traced, so one compile serves every labeled-set size. With
+    ``stacked`` every argument but ``data_x`` has a leading axis of independent runs,
+    vmapped: runs with fewer steps keep their state once their own ``stop`` is reached.
+    """
 
-    if device_count == 1:
-        return jax.jit(gather)
-    bat, rep = parallel.batch_sharding(), parallel.replicated_sharding()
-    return jax.jit(gather, out_shardings=(bat, bat, bat, bat, rep))
+    def loop(
+        state, data_x, index, data_y, example_weight, order, count, lrs, dropout_key, start, stop
+    ):
+        def body(step, carry):
+            state, per_step = carry
+            position = step * batch_size + jnp.arange(batch_size)
+            rows = order[position % jnp.maximum(count, 1)]
+            mask = position < count
+            x = data_x[index[rows]]
+            state, metrics = step_fn(
+                state,
+                x,
+                data_y[rows],
+                example_weight[rows],
+                mask,
+                lrs[step],
+                jax.random.fold_in(dropout_key, step),
+            )
+            values = jnp.stack([metrics["loss"], metrics["accuracy"], metrics["count"]])
+            return state, per_step.at[step].set(values.astype(jnp.float32))
+
+        per_step = jnp.zeros((lrs.shape[0], 3), jnp.float32)
+        return jax.lax.fori_loop(start, stop, body, (state, per_step))
+
+    if stacked:
+        loop = jax.vmap(loop, in_axes=(0, None, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    return jax.jit(loop)
+
+
+def _check_fit_arguments(data_x, data_y, example_weight, rows, index, batch_size, epochs, *, lead):
+    """Shapes and values of :func:`fit`'s arguments; ``lead`` leading axes of runs."""
+    validation.check_rank("rows", rows, 1 + lead)
+    if index is None:
+        if lead:
+            raise ValueError("fit_stacked needs index (each run's rows into the shared data_x)")
+        validation.check_same_leading(
+            ("data_x", "data_y", "example_weight", "rows"), data_x, data_y, example_weight, rows
+        )
+    else:
+        names = ("index", "data_y", "example_weight", "rows")
+        for name, value in zip(names, (index, data_y, example_weight, rows), strict=True):
+            validation.check_shape(name, value, np.shape(rows))
+    validation.check_positive("batch_size", batch_size)
+    validation.check_positive("epochs", epochs, strict=False)
+    parallel.check_batch_size("batch_size", batch_size)
+
+
+def _learning_rates(lr_fn: Callable[[float], float], epoch: int, steps: int, length: int):
+    """``lr_fn(epoch + s / steps)`` for the epoch's steps, padded to ``length``: float32."""
+    lrs = np.zeros(length, np.float32)
+    lrs[:steps] = [float(lr_fn(epoch + s / steps)) for s in range(steps)]
+    return lrs
+
+
+def _run_epochs(
+    state,
+    train_step,
+    data_x,
+    data_y,
+    example_weight,
+    rows,
+    index,
+    keys,
+    counts,
+    *,
+    epochs,
+    start_epoch,
+    batch_size,
+    lr_fns,
+    on_step,
+    stacked,
+):
+    """The shared epoch walk of :func:`fit` and :func:`fit_stacked` (``counts`` int [R])."""
+    history: dict[str, list[Any]] = {"loss": [], "accuracy": []}
+    steps = [-(-int(c) // batch_size) for c in counts]
+    length = max(1, -(-int(np.shape(rows)[-1]) // batch_size))
+    loop = _step_loop(_pure_step(train_step), int(batch_size), parallel.device_count(), stacked)
+    order_fn = _stacked_epoch_order if stacked else _epoch_order
+    split = jax.vmap(jax.random.split) if stacked else jax.random.split
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if stacked else jax.random.fold_in
+    count_arg = jnp.asarray(counts if stacked else counts[0], jnp.int32)
+    # A chunk of steps per dispatch: the whole epoch, or a few steps when a display counts.
+    chunk = max(steps) if on_step is None else max(1, max(steps) // 4)
+    for epoch in range(start_epoch, start_epoch + epochs):
+        pair = split(fold(keys, epoch))
+        order_key, dropout_key = (pair[:, 0], pair[:, 1]) if stacked else (pair[0], pair[1])
+        order = order_fn(order_key, rows)
+        lrs = np.stack(
+            [_learning_rates(f, epoch, n, length) for f, n in zip(lr_fns, steps, strict=True)]
+        )
+        lrs = jnp.asarray(lrs if stacked else lrs[0])
+        totals = []
+        for first in range(0, max(steps), chunk):
+            last = min(first + chunk, max(steps))
+            bounds = [np.minimum(first, steps), np.minimum(last, steps)]
+            if not stacked:
+                bounds = [b[0] for b in bounds]
+            state, total = loop(
+                state,
+                data_x,
+                index,
+                data_y,
+                example_weight,
+                order,
+                count_arg,
+                lrs,
+                dropout_key,
+                jnp.asarray(bounds[0], jnp.int32),
+                jnp.asarray(bounds[1], jnp.int32),
+            )
+            totals.append(total)
+            if on_step is not None:
+                for s in range(first, last):
+                    seen = sum(
+                        min(batch_size, int(c) - s * batch_size)
+                        for c, n in zip(counts, steps, strict=True)
+                        if s < n
+                    )
+                    on_step(seen)
+        # One transfer per epoch; the chunks above are dispatched without waiting. Each
+        # step's row is written by one chunk only, so the sums do not depend on chunking.
+        per_step = np.sum(np.asarray(jax.device_get(totals), np.float64), axis=0)
+        loss, accuracy, seen = per_step[..., 0], per_step[..., 1], per_step[..., 2]
+        total = np.maximum(seen.sum(-1), 1.0)
+        history["loss"].append((loss * seen).sum(-1) / total)
+        history["accuracy"].append((accuracy * seen).sum(-1) / total)
+    if not stacked:
+        history = {name: [float(v) for v in values] for name, values in history.items()}
+    return state, history
 
 
 def fit(
@@ -368,42 +547,31 @@ def fit(
     Each epoch ``e`` (counted from ``start_epoch``) draws a permutation of the selected rows
     from ``fold_in(key, e)``, cuts it into ``ceil(count / batch_size)`` batches (the last
     one padded with mask 0) and runs ``train_step`` (from :func:`make_train_step`) on each
-    with learning rate ``lr_fn(e + s / steps_per_epoch)``. Batches are gathered on device
-    from ``data_x [n, ...]``, ``data_y [n]`` and ``example_weight [n]``; the step always
-    sees ``[batch_size]`` shapes, so any number of rows reuses one compile. Deterministic
-    given ``key``. With ``index`` (int [n]), row i's input is ``data_x[index[i]]``: ``data_x``
-    is then a store of examples ``[N, ...]`` (each stored once, e.g. uint8 images) that the
-    rows point into, gathered batch by batch on the device.
+    with learning rate ``lr_fn(e + s / steps_per_epoch)``. The epoch's steps run as one
+    jitted loop (:func:`_step_loop`) that gathers each batch on the device from
+    ``data_x [n, ...]``, ``data_y [n]`` and ``example_weight [n]``; the step always sees
+    ``[batch_size]`` shapes and the step count is traced, so any number of rows reuses one
+    compile. Deterministic given ``key``. With ``index`` (int [n]), row i's input is
+    ``data_x[index[i]]``: ``data_x`` is then a store of examples ``[N, ...]`` (each stored
+    once, e.g. uint8 images) that the rows point into.
 
-    ``on_step(examples)``, when given, is called after each step is dispatched with the
-    number of real (unmasked) examples in its batch, a host-side count: it never waits
-    for the device (e.g. :meth:`alsa_jax.progress.Phase.step`).
+    ``on_step(examples)``, when given, is called once per step with the number of real
+    (unmasked) examples in its batch, as the steps are dispatched (a few per dispatch), a
+    host-side count that never waits for the device (e.g.
+    :meth:`alsa_jax.progress.Phase.step`).
 
     Returns the trained state and per-epoch history ``{"loss": [...], "accuracy": [...]}``
     (means over the epoch's real rows).
     """
-    validation.check_rank("rows", rows, 1)
-    if index is None:
-        validation.check_same_leading(
-            ("data_x", "data_y", "example_weight", "rows"), data_x, data_y, example_weight, rows
-        )
-        index = jnp.arange(np.shape(rows)[0], dtype=jnp.int32)
-    else:
-        validation.check_same_leading(
-            ("index", "data_y", "example_weight", "rows"), index, data_y, example_weight, rows
-        )
-    validation.check_positive("batch_size", batch_size)
-    validation.check_positive("epochs", epochs, strict=False)
-    parallel.check_batch_size("batch_size", batch_size)
-    rows = jnp.asarray(rows, bool)
-    count = int(jnp.sum(rows))
-    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
+    _check_fit_arguments(data_x, data_y, example_weight, rows, index, batch_size, epochs, lead=0)
+    rows = np.asarray(rows, bool)
+    count = int(rows.sum())
     if epochs == 0:
-        return state, history
+        return state, {"loss": [], "accuracy": []}
     if count == 0:
         raise ValueError("rows selects no example; there is nothing to train on")
-    steps_per_epoch = -(-count // batch_size)
-    gather = _batch_gatherer(int(batch_size), parallel.device_count())
+    if index is None:
+        index = np.arange(rows.shape[0], dtype=np.int32)
     # With several devices: a state or data committed elsewhere (say restored onto one
     # device) is copied to every device once here, not on every step.
     state, data_x, index, data_y, example_weight, rows = parallel.replicate(
@@ -413,40 +581,82 @@ def fit(
             jnp.asarray(index, jnp.int32),
             jnp.asarray(data_y),
             jnp.asarray(example_weight, jnp.float32),
-            rows,
+            jnp.asarray(rows),
         )
     )
-    count_arr = jnp.int32(count)
-    for epoch in range(start_epoch, start_epoch + epochs):
-        order_key, dropout_key = jax.random.split(jax.random.fold_in(key, epoch))
-        order = _epoch_order(order_key, rows)
-        step_metrics = []
-        for step in range(steps_per_epoch):
-            x, y, w, mask, step_key = gather(
-                data_x,
-                index,
-                data_y,
-                example_weight,
-                order,
-                count_arr,
-                jnp.int32(step),
-                dropout_key,
-            )
-            # A Python float (weakly typed) like a literal learning rate, so direct calls
-            # of the step and fit share one compile.
-            lr = float(lr_fn(epoch + step / steps_per_epoch))
-            state, metrics = train_step(state, x, y, w, mask, lr, step_key)
-            step_metrics.append(metrics)
-            if on_step is not None:
-                on_step(min(batch_size, count - step * batch_size))
-        # One transfer per epoch; the steps above are dispatched without waiting.
-        fetched = jax.device_get(step_metrics)
-        counts = np.array([m["count"] for m in fetched], np.float64)
-        history["loss"].append(float(np.dot([m["loss"] for m in fetched], counts) / counts.sum()))
-        history["accuracy"].append(
-            float(np.dot([m["accuracy"] for m in fetched], counts) / counts.sum())
+    return _run_epochs(
+        state,
+        train_step,
+        data_x,
+        data_y,
+        example_weight,
+        rows,
+        index,
+        key,
+        [count],
+        epochs=epochs,
+        start_epoch=start_epoch,
+        batch_size=int(batch_size),
+        lr_fns=[lr_fn],
+        on_step=on_step,
+        stacked=False,
+    )
+
+
+def fit_stacked(
+    state: TrainState,
+    train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]],
+    data_x: jax.Array,
+    data_y: jax.Array,
+    example_weight: jax.Array,
+    rows: jax.Array,
+    *,
+    index: jax.Array,
+    keys: jax.Array,
+    epochs: int,
+    batch_size: int,
+    lr_fns: Sequence[Callable[[float], float]],
+    start_epoch: int = 0,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[TrainState, dict[str, list[np.ndarray]]]:
+    """:func:`fit` for R independent runs at once, vmapped in one jitted loop per epoch.
+
+    ``state`` has a leading axis [R, ...] (e.g. R seeds); ``index``, ``data_y``,
+    ``example_weight`` and ``rows`` are [R, n] (each run's rows into the shared store
+    ``data_x [N, ...]``), ``keys`` [R, 2] and ``lr_fns`` one schedule per run. Run r
+    computes what :func:`fit` computes for its own arguments (to float rounding): its own
+    permutations, batches, learning rates and dropout, with ``ceil(count_r / batch_size)``
+    steps per epoch; a run with fewer steps waits, unchanged, while the others finish the
+    epoch. History values are arrays [R] per epoch.
+    """
+    _check_fit_arguments(data_x, data_y, example_weight, rows, index, batch_size, epochs, lead=1)
+    rows_np = np.asarray(rows, bool)
+    counts = rows_np.sum(axis=1)
+    if len(lr_fns) != rows_np.shape[0]:
+        raise ValueError(
+            f"lr_fns needs one schedule per run ({rows_np.shape[0]}), got {len(lr_fns)}"
         )
-    return state, history
+    if epochs == 0:
+        return state, {"loss": [], "accuracy": []}
+    if np.any(counts == 0):
+        raise ValueError(f"rows selects no example for run {int(np.argmin(counts))}")
+    return _run_epochs(
+        state,
+        train_step,
+        jnp.asarray(data_x),
+        jnp.asarray(data_y),
+        jnp.asarray(example_weight, jnp.float32),
+        jnp.asarray(rows_np),
+        jnp.asarray(index, jnp.int32),
+        jnp.asarray(keys),
+        [int(c) for c in counts],
+        epochs=epochs,
+        start_epoch=start_epoch,
+        batch_size=int(batch_size),
+        lr_fns=list(lr_fns),
+        on_step=on_step,
+        stacked=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------

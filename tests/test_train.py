@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from alsa_jax import models, train
+from alsa_jax import compilation, models, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -479,3 +479,135 @@ def test_ensemble_step_equals_each_member_stepped_alone():
             atol=1e-6,
         )
     assert float(metrics["loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# The jitted epoch loop against the step it runs.
+
+
+def _step_by_step(state, step, x, y, weights, rows, *, key, epochs, batch_size, lr_fn):
+    """fit's documented computation, one jitted step call at a time from Python."""
+    rows = np.asarray(rows, bool)
+    count = int(rows.sum())
+    steps = -(-count // batch_size)
+    for epoch in range(epochs):
+        order_key, dropout_key = jax.random.split(jax.random.fold_in(key, epoch))
+        order = np.asarray(train._epoch_order(order_key, jnp.asarray(rows)))
+        for s in range(steps):
+            position = s * batch_size + np.arange(batch_size)
+            picked = order[position % count]
+            state, _ = step(
+                state,
+                x[picked],
+                y[picked],
+                weights[picked],
+                jnp.asarray(position < count),
+                float(lr_fn(epoch + s / steps)),
+                jax.random.fold_in(dropout_key, s),
+            )
+    return state
+
+
+@pytest.mark.parametrize("net", ["dropout_mlp", "batch_norm"])
+def test_fit_equals_the_step_called_step_by_step(net):
+    if net == "batch_norm":
+        model = TinyBatchNormNet()
+    else:
+        model = models.MLP(3, hidden=8, dropout_rate=0.3)
+    tx = train.make_optimizer("adam", learning_rate=1e-2)
+    state = train.create_train_state(jax.random.PRNGKey(0), model, tx, (4, 4, 1))
+    step = train.make_train_step(model, tx)
+    x, y = _separable(40)
+    weights = jnp.linspace(0.5, 2.0, 40)
+    rows = (jnp.arange(40) % 3) != 1  # 26 rows: batches of 8, 8, 8 and 2 (padded)
+    kwargs = dict(
+        key=jax.random.PRNGKey(3),
+        epochs=3,
+        batch_size=8,
+        lr_fn=lambda t: train.learning_rate_at(t, base_lr=1e-2, schedule="exponential", gamma=0.5),
+    )
+    fitted, _ = train.fit(state, step, x, y, weights, rows, **kwargs)
+    expected = _step_by_step(state, step, x, y, weights, rows, **kwargs)
+    assert int(fitted.step) == int(expected.step) == 3 * 4
+    _tree_allclose(fitted.params, expected.params, rtol=1e-5, atol=1e-6)
+    _tree_allclose(fitted.batch_stats, expected.batch_stats, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_compiles_nothing_for_another_row_count_or_epoch_count(mlp_adam):
+    _, _, state, step = mlp_adam
+    x, y = _separable(64)
+    weights = jnp.ones(64)
+
+    def run(count, epochs):
+        return train.fit(
+            state,
+            step,
+            x,
+            y,
+            weights,
+            jnp.arange(64) < count,
+            key=jax.random.PRNGKey(count),
+            epochs=epochs,
+            batch_size=16,
+            lr_fn=lambda t: 1e-2 * 0.9**t,
+        )
+
+    run(40, 2)
+    with compilation.CompileCounter() as counter:
+        trained, history = run(9, 1)
+        run(64, 3)
+    assert counter.backend_compiles == 0, counter.names
+    assert int(trained.step) == 1 and len(history["loss"]) == 1
+
+
+def test_fit_stacked_equals_a_fit_per_run():
+    model = models.MLP(3, hidden=8, dropout_rate=0.3)
+    tx = train.make_optimizer("adam", learning_rate=1e-2)
+    step = train.make_train_step(model, tx)
+    x, y = _separable(48)
+    runs = 3
+    keys = jax.random.split(jax.random.PRNGKey(5), runs)
+    states = [
+        train.create_train_state(jax.random.PRNGKey(r), model, tx, (4, 4, 1)) for r in range(runs)
+    ]
+    index = np.stack([np.roll(np.arange(48), 7 * r) for r in range(runs)]).astype(np.int32)
+    labels = np.asarray(y)[index]
+    weights = np.stack([np.linspace(0.5, 1.5, 48) * (r + 1) for r in range(runs)]).astype(
+        np.float32
+    )
+    rows = np.stack([np.arange(48) < c for c in (48, 20, 33)])  # 3, 2 and 3 steps per epoch
+    lr_fns = [lambda t, r=r: 1e-2 / (1 + r + t) for r in range(runs)]
+    stacked, history = train.fit_stacked(
+        jax.tree.map(lambda *leaves: jnp.stack(leaves), *states),
+        step,
+        x,
+        labels,
+        weights,
+        rows,
+        index=index,
+        keys=keys,
+        epochs=2,
+        batch_size=16,
+        lr_fns=lr_fns,
+    )
+    assert len(history["loss"]) == 2 and np.shape(history["loss"][0]) == (runs,)
+    for r in range(runs):
+        alone, alone_history = train.fit(
+            states[r],
+            step,
+            x,
+            labels[r],
+            weights[r],
+            rows[r],
+            index=index[r],
+            key=keys[r],
+            epochs=2,
+            batch_size=16,
+            lr_fn=lr_fns[r],
+        )
+        got = train.member(stacked, r)
+        assert int(got.step) == int(alone.step)
+        _tree_allclose(got.params, alone.params, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            [h[r] for h in history["loss"]], alone_history["loss"], rtol=1e-5
+        )
