@@ -120,5 +120,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.partial_epochs = 10
 
     config.h0_cache_dir = ""  # "" = <workdir>/../h0_cache, shared by runs beside each other
+    # JAX's persistent compilation cache: "" = <workdir>/../compilation_cache, shared by runs
+    # beside each other (a run after the first loads its compiled programs); "none" = off.
+    config.compilation_cache_dir = ""
     config.checkpoint_keep = 2  # round checkpoints kept in the workdir
     return config

@@ -49,7 +49,7 @@ _PROGRESS = flags.DEFINE_enum(
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Config fields of this launcher, not of the experiment's computation.
-LAUNCHER_FIELDS = ("h0_cache_dir", "checkpoint_keep")
+LAUNCHER_FIELDS = ("h0_cache_dir", "checkpoint_keep", "compilation_cache_dir")
 
 
 def _library():
@@ -66,6 +66,11 @@ def options_of(config: ml_collections.ConfigDict):
     keep = config.get("checkpoint_keep", 2)
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise experiment.ConfigError(f"checkpoint_keep must be an integer >= 1, got {keep!r}")
+    cache = config.get("compilation_cache_dir", "")
+    if not isinstance(cache, str):
+        raise experiment.ConfigError(
+            f"compilation_cache_dir must be a folder, '' or 'none', got {cache!r}"
+        )
     return options
 
 
@@ -91,6 +96,7 @@ class _Timer:
         self.seconds: dict[str, float] = {}
         if not _Timer._listening:
             jax.monitoring.register_event_duration_secs_listener(_count_compilation)
+            jax.monitoring.register_event_listener(_count_cache_hit)
             _Timer._listening = True
         self.start_compilations = _Timer.compilations
 
@@ -110,6 +116,13 @@ class _Timer:
 def _count_compilation(event: str, duration: float, **_: Any) -> None:
     if event == "/jax/core/compile/backend_compile_duration":
         _Timer.compilations += 1
+
+
+def _count_cache_hit(event: str, **_: Any) -> None:
+    # A program loaded from the persistent compilation cache is not compiled: its request
+    # (counted above) is taken back.
+    if event == "/jax/compilation_cache/cache_hits":
+        _Timer.compilations -= 1
 
 
 _PHASE_NAMES = {
@@ -181,14 +194,25 @@ def run(
     ``stop_after_round`` ends the run early after that round's checkpoint (the next call
     resumes from it). ``progress_mode`` (auto / always / never) shows long phases live.
     """
+    from alsa_jax import compilation
+
+    options = options_of(config)
+    # Compiled programs go to (and come from) the cache folder during the run only.
+    with compilation.persistent_cache(compilation_cache_dir(config, workdir)):
+        return _run(config, options, workdir, verbose, stop_after_round, progress_mode)
+
+
+def _run(config, options, workdir, verbose, stop_after_round, progress_mode):
     from alsa_jax import logging as results_log
     from alsa_jax import progress
 
     checkpoint, experiment = _library()
     say = print if verbose else (lambda *a, **k: None)
     warn = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
-    options = options_of(config)
     config_dict = config.to_dict()
+    # Where compiled programs are cached changes nothing in the run: not part of its identity
+    # (a workdir made before the field existed, or with another cache folder, resumes).
+    config_dict.pop("compilation_cache_dir", None)
     done = _finished(workdir, config_dict, options.query.num_batches)
     if done is not None:
         say(f"{workdir}: the run is complete ({options.query.num_batches} rounds)")
@@ -260,6 +284,14 @@ def run(
     writer.close()
     manager.close()
     return history
+
+
+def compilation_cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+    """The folder of JAX's persistent compilation cache for this run, or None (``"none"``)."""
+    path = config.get("compilation_cache_dir", "")
+    if path == "none":
+        return None
+    return path or os.path.join(os.path.dirname(os.path.abspath(workdir)), "compilation_cache")
 
 
 def _round_zero(exp, state, config, workdir, say, warn, display):

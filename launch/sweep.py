@@ -165,6 +165,9 @@ def resolve_runs(
                 f"{item}: the config has no field {field!r}; see configs/base.py for the fields"
             )
     cache = f"--config.h0_cache_dir={os.path.join(os.path.abspath(workdir), 'h0_cache')}"
+    compiled = "--config.compilation_cache_dir=" + os.path.join(
+        os.path.abspath(workdir), "compilation_cache"
+    )
     resolved = []
     for run in runs:
         for field in run.overrides:
@@ -176,6 +179,8 @@ def resolve_runs(
         run_overrides = sweeps.run_flags(run) + overrides
         if not any(f.startswith("--config.h0_cache_dir=") for f in run_overrides):
             run_overrides.append(cache)
+        if not any(f.startswith("--config.compilation_cache_dir=") for f in run_overrides):
+            run_overrides.append(compiled)
         try:
             config = parse_config(spec, run_overrides)
             options = replicate.options_of(config)

@@ -15,7 +15,8 @@ from tests.test_replicate import small_config
 
 def options(**overrides):
     return experiment.Options.from_config(
-        small_config(**overrides), ignore=("h0_cache_dir", "checkpoint_keep")
+        small_config(**overrides),
+        ignore=("h0_cache_dir", "checkpoint_keep", "compilation_cache_dir"),
     )
 
 
@@ -34,7 +35,7 @@ def test_options_mirror_the_base_config():
     for section, cls in experiment._SECTIONS.items():
         assert {f.name for f in dataclasses.fields(cls)} == set(config[section].keys()), section
     top = {f.name for f in dataclasses.fields(experiment.Options)}
-    assert top | {"h0_cache_dir", "checkpoint_keep"} == set(config.keys())
+    assert top | {"h0_cache_dir", "checkpoint_keep", "compilation_cache_dir"} == set(config.keys())
 
 
 def test_unknown_and_missing_fields_are_named():
@@ -44,11 +45,15 @@ def test_unknown_and_missing_fields_are_named():
     with pytest.raises(
         experiment.ConfigError, match="'query.stratgy'.*did you mean 'query.strategy'"
     ):
-        experiment.Options.from_config(typo, ignore=("h0_cache_dir", "checkpoint_keep"))
+        experiment.Options.from_config(
+            typo, ignore=("h0_cache_dir", "checkpoint_keep", "compilation_cache_dir")
+        )
     missing = small_config().to_dict()
     del missing["train"]["momentum"]
     with pytest.raises(experiment.ConfigError, match="train.momentum"):
-        experiment.Options.from_config(missing, ignore=("h0_cache_dir", "checkpoint_keep"))
+        experiment.Options.from_config(
+            missing, ignore=("h0_cache_dir", "checkpoint_keep", "compilation_cache_dir")
+        )
 
 
 def _split_options(**changes):

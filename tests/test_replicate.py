@@ -349,3 +349,32 @@ def test_eight_devices_match_one_device(reference_run, tmp_path):
             # float32 reduction orders move by a few parts in 10^4.
             rtol = 2e-3 if name.startswith("weight") else 1e-4
             np.testing.assert_allclose(got[name], value, rtol=rtol, atol=1e-5, err_msg=name)
+
+
+def test_no_compilation_after_round_one(reference_run):
+    _, history = reference_run
+    assert history[1]["compilations"] >= 0
+    assert [r["compilations"] for r in history[2:]] == [0] * (len(history) - 2)
+
+
+@pytest.mark.slow
+def test_a_second_process_compiles_nothing_from_the_warm_compilation_cache(tmp_path):
+    """Two processes, one cache beside their workdirs: the second loads every program."""
+    flags = [
+        "--config.model.name=mlp",
+        "--config.shift.dataset_cap=200",
+        "--config.query.num_batches=2",
+        "--config.train.initial_epochs=1",
+        "--config.train.partial_epochs=1",
+        "--progress=never",
+    ]
+    runs = []
+    for name in ("cold", "warm"):  # a fresh h0 cache each time: both train h0
+        args = cli(tmp_path / name, *flags, f"--config.h0_cache_dir={tmp_path / name}_h0")
+        done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        with open(tmp_path / name / "results.json") as f:
+            runs.append([r["compilations"] for r in json.load(f)["rounds"]])
+    assert os.listdir(tmp_path / "compilation_cache")
+    assert runs[0][0] > 0
+    assert runs[1] == [0, 0, 0], runs
