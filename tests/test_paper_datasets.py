@@ -109,7 +109,7 @@ def test_cifar100_two_rounds(tmp_path, monkeypatch):
     config = _config(
         "cifar100",
         str(tmp_path),
-        **{"model.name": "cnn", "shift.dataset_cap": 600, "shift.test_size": 300},
+        **{"model.name": "mlp", "shift.dataset_cap": 600, "shift.test_size": 300},
     )
     history = _run(config, tmp_path / "run")
     assert len(history[0]["per_class_accuracy"]) == 100

@@ -328,7 +328,7 @@ def test_eight_devices_match_one_device(reference_run, tmp_path):
         "from launch import replicate\n"
         "assert len(jax.devices()) == 8, jax.devices()\n"
         f"history = replicate.run(small_config(), {str(tmp_path / 'run')!r}, verbose=False)\n"
-        "print(json.dumps(comparable(history)))\n"
+        "print(json.dumps([history[0]['h0_cache_hit'], comparable(history)]))\n"
     )
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     done = subprocess.run(
@@ -340,9 +340,11 @@ def test_eight_devices_match_one_device(reference_run, tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    sharded = json.loads(done.stdout.strip().splitlines()[-1])
+    sharded_h0_cache_hit, sharded = json.loads(done.stdout.strip().splitlines()[-1])
     expected = comparable(reference)
     assert [r["labels_bought"] for r in sharded] == [r["labels_bought"] for r in expected]
+    # Each side trained its own h0 (separate h0 caches), so the match covers h0's training.
+    assert sharded_h0_cache_hit is False and reference[0]["h0_cache_hit"] is False
     for got, want in zip(sharded, expected, strict=True):
         for name, value in want.items():
             # The weight estimate (BCTS by L-BFGS, then EM) iterates to a tolerance, which
