@@ -742,6 +742,37 @@ def _prediction_inputs(
     return jnp.asarray(x), jnp.asarray(index, jnp.int32)
 
 
+def _predict_rows(
+    model: nn.Module,
+    state: TrainState,
+    x: jax.Array,
+    index: jax.Array | None,
+    key: jax.Array | None,
+    *,
+    batch_size: int,
+    input_fn: EvalInputFn | None,
+    num_samples: int = 0,
+    members: bool = False,
+    features: bool = False,
+) -> jax.Array:
+    """The shared body of the prediction entry points: checked inputs, placed on the
+    devices, one :func:`_predict` pass in whole batches."""
+    x, index = _prediction_inputs(x, index, batch_size)
+    variables, x, index, key = parallel.replicate((_variables(state), x, index, key))
+    return _predict(
+        model,
+        variables,
+        x,
+        index,
+        key,
+        batch_size=_effective_batch_size(index.shape[0], batch_size),
+        num_samples=int(num_samples),
+        input_fn=input_fn,
+        members=members,
+        features=features,
+    )
+
+
 def predict_probs(
     model: nn.Module,
     state: TrainState,
@@ -759,19 +790,7 @@ def predict_probs(
     ``input_fn`` each gathered batch goes through it first (e.g. uint8 images to
     normalised floats).
     """
-    x, index = _prediction_inputs(x, index, batch_size)
-    variables, x, index = parallel.replicate((_variables(state), x, index))
-    return _predict(
-        model,
-        variables,
-        x,
-        index,
-        None,
-        batch_size=_effective_batch_size(index.shape[0], batch_size),
-        num_samples=0,
-        input_fn=input_fn,
-        members=False,
-    )
+    return _predict_rows(model, state, x, index, None, batch_size=batch_size, input_fn=input_fn)
 
 
 def predict_features(
@@ -788,19 +807,8 @@ def predict_features(
     The features are what the model returns with ``return_features=True`` (the input of
     its output layer). Arguments as in :func:`predict_probs`.
     """
-    x, index = _prediction_inputs(x, index, batch_size)
-    variables, x, index = parallel.replicate((_variables(state), x, index))
-    joint = _predict(
-        model,
-        variables,
-        x,
-        index,
-        None,
-        batch_size=_effective_batch_size(index.shape[0], batch_size),
-        num_samples=0,
-        input_fn=input_fn,
-        members=False,
-        features=True,
+    joint = _predict_rows(
+        model, state, x, index, None, batch_size=batch_size, input_fn=input_fn, features=True
     )
     k = model.num_classes
     return joint[:, :k], joint[:, k:]
@@ -820,18 +828,8 @@ def ensemble_probs(
     One pass over the data with all members vmapped on each batch: ``[S, n, k]``, member
     ``i`` equal to :func:`predict_probs` of ``member(state, i)``. Arguments as there.
     """
-    x, index = _prediction_inputs(x, index, batch_size)
-    variables, x, index = parallel.replicate((_variables(state), x, index))
-    return _predict(
-        model,
-        variables,
-        x,
-        index,
-        None,
-        batch_size=_effective_batch_size(index.shape[0], batch_size),
-        num_samples=0,
-        input_fn=input_fn,
-        members=True,
+    return _predict_rows(
+        model, state, x, index, None, batch_size=batch_size, input_fn=input_fn, members=True
     )
 
 
@@ -853,18 +851,15 @@ def mc_dropout_probs(
     index; deterministic given ``key`` (and ``batch_size``). ``index`` and ``input_fn`` as
     in :func:`predict_probs`.
     """
-    x, index = _prediction_inputs(x, index, batch_size)
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    variables, x, index, key = parallel.replicate((_variables(state), x, index, key))
-    return _predict(
+    return _predict_rows(
         model,
-        variables,
+        state,
         x,
         index,
         key,
-        batch_size=_effective_batch_size(index.shape[0], batch_size),
-        num_samples=int(num_samples),
+        batch_size=batch_size,
         input_fn=input_fn,
-        members=False,
+        num_samples=int(num_samples),
     )
