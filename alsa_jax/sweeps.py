@@ -414,17 +414,15 @@ class Slot:
 
 
 def run_environment(workdir: str) -> dict[str, str]:
-    """Environment shared by a sweep's runs: one persistent JAX compilation cache.
+    """Environment variables for a sweep's runs (those already set by the user are kept).
 
-    The runs of a sweep compile the same programs (same shapes); with the cache in
-    ``<workdir>/jax_cache`` only the first runs compile them (a configs/digits.py run that
-    finds its programs there takes 8 s of CPU instead of 22). Variables already set by the
-    user are kept.
+    The runs share one persistent compilation cache through their config
+    (``--config.compilation_cache_dir=<workdir>/compilation_cache``, added by
+    ``launch.sweep``), so only the first runs compile their programs; here JAX is also
+    told to cache programs however quickly they compile. ``workdir`` is the sweep's.
     """
-    wanted = {
-        "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.abspath(workdir), "jax_cache"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
+    del workdir  # the cache folder travels in each run's config
+    wanted = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     return {name: value for name, value in wanted.items() if name not in os.environ}
 
 

@@ -176,6 +176,7 @@ def main() -> None:
                     continue
                 overrides = {**base, **METHODS[name], "seed": seed}
                 overrides["h0_cache_dir"] = os.path.join(scratch, "h0")
+                overrides["compilation_cache_dir"] = args.cache
                 workdir = os.path.join(scratch, f"{name}-{seed}".replace(" ", "_"))
                 history = replicate.run(make_config(overrides), workdir, verbose=False)
                 runs[name][seed] = history

@@ -407,7 +407,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
             _CONFIG.value.to_dict()  # config files load lazily: a broken file surfaces here
         return remaining
     except (flags.Error, ValueError, TypeError, AttributeError, KeyError) as error:
-        _fail(str(error).strip().splitlines()[0])
+        # One line: the flag's message and, where a config file raised, the cause (the last
+        # line of the traceback that config flags append).
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        if not lines:
+            _fail(repr(error))
+        _fail(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}")
     except Exception as error:  # noqa: BLE001 - a config file that fails to run, as one line
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         _fail(f"--config could not be loaded: {lines[-1] if lines else repr(error)}")

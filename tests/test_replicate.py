@@ -265,6 +265,17 @@ def test_cli_missing_config_lists_the_configs(tmp_path):
     assert "Errno" not in lines[0]
 
 
+def test_cli_unknown_config_argument_names_the_cause(tmp_path):
+    args = [sys.executable, "-m", "launch.replicate", "--config", "configs/mnist.py:bogus"]
+    done = subprocess.run(
+        [*args, "--workdir", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "config argument 'bogus' is not known" in lines[0], done.stderr
+    assert "Traceback" not in lines[0] and not (tmp_path / "w").exists()
+
+
 def test_cli_help_is_plain_text_and_exits_0():
     done = subprocess.run(
         [sys.executable, "-m", "launch.replicate", "--help"],
