@@ -24,10 +24,13 @@ every round, the results files, TensorBoard and the printed round lines.
 from __future__ import annotations
 
 import difflib
+import gc
 import glob
+import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -349,10 +352,19 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None or not _WORKDIR.value:
         _fail("pass --config=configs/<name>.py and --workdir=<dir>; see --help")
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
+    # A checkpoint write that fails (a full disk) can leave one of Orbax's write coroutines
+    # unawaited; Python's warning about it at exit would follow the one-line error.
+    warnings.filterwarnings(
+        "ignore", message="coroutine .* was never awaited", category=RuntimeWarning
+    )
     checkpoint, experiment = _library()
     try:
         run(_CONFIG.value, _WORKDIR.value, progress_mode=_PROGRESS.value)
     except (experiment.ConfigError, checkpoint.CheckpointError) as error:
+        # A failed write can leave Orbax's write tasks unawaited or their exceptions
+        # unretrieved; asyncio would log each when it is collected, after the one line.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        gc.collect()
         _fail(str(error))
 
 
