@@ -44,19 +44,6 @@ def get_sweep():
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_compilation_cache(tmp_path_factory):
-    """One persistent JAX cache for every sweep of this file (runs keep a set variable)."""
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    before = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
-    yield path
-    if before is None:
-        os.environ.pop("JAX_COMPILATION_CACHE_DIR")
-    else:
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = before
-
-
 def write_sweep(tmp_path, text=TINY_SWEEP, name="tiny.py"):
     path = tmp_path / name
     path.write_text(text)
