@@ -149,8 +149,10 @@ def max_pool(x: jax.Array, window: int = 2, *, impl: str = "shifted_matmul") -> 
 
     ``x``: ``[B, H, W, C]``; returns ``[B, H // window, W // window, C]`` (trailing rows and
     columns that do not fill a window are dropped, as with VALID padding). ``impl="xla"`` uses
-    ``lax.reduce_window``; ``"shifted_matmul"`` a reshape to ``[B, H', w, W', w, C]`` and a max,
-    whose backward pass avoids XLA's select-and-scatter.
+    ``lax.reduce_window``; ``"shifted_matmul"`` reshapes and takes elementwise maxima of the
+    window's slices, first along the width, then along the height, whose backward pass avoids
+    XLA's select-and-scatter. The two agree exactly in value, and in gradient wherever a
+    window's maximum is unique.
     """
     validation.check_choice("impl", impl, CONV_IMPLS)
     validation.check_rank("x", x, 4)
@@ -159,7 +161,12 @@ def max_pool(x: jax.Array, window: int = 2, *, impl: str = "shifted_matmul") -> 
     batch, height, width, channels = x.shape
     out_h, out_w = height // window, width // window
     x = x[:, : out_h * window, : out_w * window, :]
-    return x.reshape(batch, out_h, window, out_w, window, channels).max(axis=(2, 4))
+    # One axis at a time, as a chain of elementwise maxima over the window's slices: on CPU
+    # its backward pass is cheaper than a reduction's over a 6-d reshape.
+    x = x.reshape(batch, out_h * window, out_w, window, channels)
+    x = functools.reduce(jnp.maximum, [x[:, :, :, v] for v in range(window)])
+    x = x.reshape(batch, out_h, window, out_w, channels)
+    return functools.reduce(jnp.maximum, [x[:, :, u] for u in range(window)])
 
 
 def _outputs(
@@ -201,15 +208,31 @@ class CNN(nn.Module):
     Convolutions are VALID, so a 28x28 input gives 26 -> 24 -> 12 and an 8x8 one
     8 -> 6 -> 4 -> 2. ``conv_impl`` picks the lowering (:data:`CONV_IMPLS`); parameters are
     the same for both. Features: the ``[B, 128]`` relu output of the dense layer.
+
+    ``train_chunk``: in training, the convolutions, their relus and the pooling run over
+    chunks of this many images in turn (``lax.map``), recomputed per chunk in the backward
+    pass (``jax.checkpoint``), so that a chunk's im2col patches stay in the CPU's cache; the
+    result is the same function (dropout masks are drawn over the whole batch as before).
+    ``None`` (default): 16 on CPU, whole batches on other platforms; 0: whole batches.
+    A training step of batch 128 on 28x28 images takes about 0.7x the time of whole batches
+    on a 2-core CPU (``benchmarks/bench_speed.py``).
     """
 
     num_classes: int
     conv_impl: str = "shifted_matmul"
     conv_dropout_rate: float = 0.25
     dense_dropout_rate: float = 0.5
+    train_chunk: int | None = None
 
     def __post_init__(self) -> None:
         validation.check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
+        if self.train_chunk is not None and (
+            not isinstance(self.train_chunk, int) or self.train_chunk < 0
+        ):
+            raise ValueError(
+                f"train_chunk must be None, 0 or a positive number of images, got "
+                f"{self.train_chunk!r}"
+            )
         super().__post_init__()
 
     @nn.compact
@@ -222,14 +245,57 @@ class CNN(nn.Module):
         return_features: bool = False,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         deterministic = not (train or mc_dropout)
-        x = nn.relu(Conv3x3(32, impl=self.conv_impl, name="conv1")(x))
-        x = nn.relu(Conv3x3(64, impl=self.conv_impl, name="conv2")(x))
-        x = max_pool(x, 2, impl=self.conv_impl)
+        conv1 = Conv3x3(32, impl=self.conv_impl, name="conv1")
+        conv2 = Conv3x3(64, impl=self.conv_impl, name="conv2")
+        chunk = _cnn_train_chunk(self.train_chunk) if train else 0
+        if chunk and x.shape[0] >= 2 * chunk and not self.is_initializing():
+            params = self.variables["params"]
+            x = _map_in_chunks(
+                functools.partial(_cnn_convs, params["conv1"], params["conv2"], self.conv_impl),
+                x,
+                chunk,
+            )
+        else:
+            x = max_pool(nn.relu(conv2(nn.relu(conv1(x)))), 2, impl=self.conv_impl)
         x = nn.Dropout(self.conv_dropout_rate, deterministic=deterministic)(x)
         x = x.reshape(x.shape[0], -1)
         features = nn.relu(nn.Dense(128, name="dense")(x))
         x = nn.Dropout(self.dense_dropout_rate, deterministic=deterministic)(features)
         return _outputs(nn.Dense(self.num_classes, name="head")(x), features, return_features)
+
+
+def _cnn_train_chunk(train_chunk: int | None) -> int:
+    if train_chunk is None:
+        return 16 if jax.default_backend() == "cpu" else 0
+    return train_chunk
+
+
+def _cnn_convs(conv1_params: Any, conv2_params: Any, impl: str, x: jax.Array) -> jax.Array:
+    """The CNN's conv1 relu conv2 relu maxpool as a pure function of its parameters."""
+    conv1 = Conv3x3(32, impl=impl, parent=None)
+    conv2 = Conv3x3(64, impl=impl, parent=None)
+    x = nn.relu(conv1.apply({"params": conv1_params}, x))
+    x = nn.relu(conv2.apply({"params": conv2_params}, x))
+    return max_pool(x, 2, impl=impl)
+
+
+def _map_in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunk: int) -> jax.Array:
+    """``fn(x)`` for a per-image ``fn``, computed over chunks of ``chunk`` images in turn.
+
+    Chunk i holds images ``i, n + i, 2n + i, ...`` (n = B // chunk), so that a batch split
+    over devices in contiguous blocks leaves every chunk split over the same devices; the
+    last ``B mod chunk`` images go through ``fn`` at once. The backward pass recomputes each
+    chunk's forward pass instead of storing its intermediates.
+    """
+    batch = x.shape[0]
+    steps = batch // chunk
+    whole = steps * chunk
+    chunks = jnp.swapaxes(x[:whole].reshape(chunk, steps, *x.shape[1:]), 0, 1)
+    y = jax.lax.map(jax.checkpoint(fn), chunks)
+    y = jnp.swapaxes(y, 0, 1).reshape(whole, *y.shape[2:])
+    if whole < batch:
+        y = jnp.concatenate([y, fn(x[whole:])])
+    return y
 
 
 # PyTorch's default initialisation, as the original's ResNets have it: weights uniform in

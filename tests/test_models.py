@@ -97,6 +97,45 @@ def test_max_pool_lowerings_agree():
     np.testing.assert_array_equal(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("impl", models.CONV_IMPLS)
+def test_cnn_training_in_chunks_is_the_same_function(impl):
+    # 37 images in chunks of 8: four chunks of eight through lax.map plus a tail of five.
+    x = _normal(0, (37, 12, 12, 1))
+    labels = jnp.asarray(np.arange(37) % 10)
+    whole = models.CNN(10, conv_impl=impl, train_chunk=0)
+    chunked = models.CNN(10, conv_impl=impl, train_chunk=8)
+    params = whole.init(jax.random.PRNGKey(0), x, train=False)["params"]
+
+    def loss(model, p):
+        logits = model.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+    (l0, g0), (l1, g1) = (
+        jax.jit(jax.value_and_grad(lambda p, m=m: loss(m, p)))(params) for m in (whole, chunked)
+    )
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g1, g0
+    )
+
+    # The chunked model really maps over chunks (a scan in the program); the whole-batch one
+    # and inference never do.
+    def has_scan(model, train):
+        jaxpr = jax.make_jaxpr(
+            lambda p: model.apply(
+                {"params": p}, x, train=train, rngs={"dropout": jax.random.PRNGKey(3)}
+            )
+        )(params)
+        return "scan" in str(jaxpr)
+
+    assert has_scan(chunked, True)
+    assert not has_scan(whole, True)
+    assert not has_scan(chunked, False)
+    assert models.CNN(10).train_chunk is None
+    with pytest.raises(ValueError, match="train_chunk"):
+        models.CNN(10, train_chunk=-1)
+
+
 def test_unknown_impl_and_model_raise():
     with pytest.raises(ValueError, match="impl"):
         models.Conv3x3(4, impl="fft")
