@@ -146,7 +146,8 @@ class Pipeline:
         """Shape of one example after the pipeline (the network's input shape), e.g.
         ``(200, 200, 3) -> (150, 150, 3)`` for ``nabirds``; train and eval agree."""
         spec = jax.ShapeDtypeStruct((1, *input_shape), jnp.uint8)
-        train = jax.eval_shape(self.train_fn, jax.random.PRNGKey(0), spec).shape[1:]
+        key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # a raw PRNGKey's shape
+        train = jax.eval_shape(self.train_fn, key, spec).shape[1:]
         evaluation = jax.eval_shape(self.eval_fn, spec).shape[1:]
         if train != evaluation:
             raise ValueError(

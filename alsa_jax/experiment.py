@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -570,6 +571,26 @@ class Experiment:
         return dataclasses.replace(self, **changes)
 
 
+@jax.jit
+def _seed_key(seed: jax.Array, stream: jax.Array) -> jax.Array:
+    """``fold_in(PRNGKey(seed), stream)`` as one program (eagerly it compiles four)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), stream)
+
+
+_fold_in = jax.jit(jax.random.fold_in)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split_rows(rows: jax.Array, m: int) -> tuple[jax.Array, jax.Array]:
+    return rows[:m], rows[m:]
+
+
+@jax.jit
+def _split_pair(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    first, second = jax.random.split(key)
+    return first, second
+
+
 def setup(options: Options, *, dataset: data.Dataset | None = None) -> Experiment:
     """Load the data, cut the shifted splits and build the model and steps (no training).
 
@@ -581,7 +602,7 @@ def setup(options: Options, *, dataset: data.Dataset | None = None) -> Experimen
         except ValueError as error:
             raise ConfigError(str(error)) from None
     k = dataset.num_classes
-    split_key = jax.random.fold_in(jax.random.PRNGKey(options.seed), 0)
+    split_key = _seed_key(options.seed, 0)
     splits = _checked(
         "shift",
         lambda: shift.make_splits(
@@ -599,8 +620,9 @@ def setup(options: Options, *, dataset: data.Dataset | None = None) -> Experimen
 
     q = options.query
     # Budgets count distinct examples: a resampled pool holds some examples in several rows.
-    pool_size = int(np.sum(np.asarray(pool_state.pool & pool_state.representative)))
-    buyable = int(np.sum(np.asarray(pool.unlabeled_pool(pool_state))))
+    host = jax.tree_util.tree_map(np.asarray, pool_state)
+    pool_size = int(np.sum(host.pool & host.representative))
+    buyable = int(np.sum(host.pool & ~host.labeled & host.representative))  # unlabeled_pool
     budget = int(q.sample_prop * pool_size / q.num_batches)
     if budget * q.num_batches > buyable:
         _fail(
@@ -641,16 +663,18 @@ def setup(options: Options, *, dataset: data.Dataset | None = None) -> Experimen
             else None
         ),
         transform=transform,
-        train_images=jnp.asarray(dataset.train_x),
-        test_images=jnp.asarray(dataset.test_x),
-        source_rows=jnp.asarray(source_index, jnp.int32),
-        source_y=jnp.asarray(np.asarray(dataset.train_y, np.int32)[np.asarray(source_index)]),
-        target_rows=jnp.asarray(target_rows),
-        target_y=jnp.asarray(test_y[target_rows]),
-        target_valid=jnp.asarray(splits.target.valid),
-        test_rows=jnp.asarray(test_rows),
-        test_y=jnp.asarray(test_y[test_rows]),
-        test_valid=jnp.asarray(splits.test.valid),
+        # Host arrays go over by jax.device_put, which compiles nothing (jnp.asarray of a
+        # NumPy array compiles a small program per shape).
+        train_images=jax.device_put(np.asarray(dataset.train_x)),
+        test_images=jax.device_put(np.asarray(dataset.test_x)),
+        source_rows=jax.device_put(np.asarray(source_index, np.int32)),
+        source_y=jax.device_put(np.asarray(dataset.train_y, np.int32)[np.asarray(source_index)]),
+        target_rows=jax.device_put(target_rows),
+        target_y=jax.device_put(test_y[target_rows]),
+        target_valid=jax.device_put(np.asarray(splits.target.valid)),
+        test_rows=jax.device_put(test_rows),
+        test_y=jax.device_put(test_y[test_rows]),
+        test_valid=jax.device_put(np.asarray(splits.test.valid)),
         initial_pool=pool_state,
         budget=budget,
         use_holdout=bool(np.any(np.asarray(pool_state.holdout))),
@@ -689,9 +713,7 @@ def _model_kwargs(model_options: ModelOptions) -> dict[str, Any]:
 def initial_state(exp: Experiment) -> malls.RoundState:
     """The round state before h0: fresh network (and committee), warm start labeled, no
     estimate yet (weights 1)."""
-    init_key, loop_key = jax.random.split(
-        jax.random.fold_in(jax.random.PRNGKey(exp.options.seed), 1)
-    )
+    init_key, loop_key = _split_pair(_seed_key(exp.options.seed, 1))
     committee = None
     if exp.committee_step is not None:
         committee = train.create_ensemble_state(
@@ -702,7 +724,7 @@ def initial_state(exp: Experiment) -> malls.RoundState:
             exp.options.query.committee_size,
         )
     return malls.RoundState(
-        round=jnp.int32(0),
+        round=jax.device_put(np.int32(0)),
         key=loop_key,
         train=train.create_train_state(init_key, exp.model, exp.tx, exp.input_shape),
         pool=exp.initial_pool,
@@ -776,12 +798,12 @@ def predict(exp: Experiment, network: train.TrainState) -> Predictions:
         exp.inference_model,
         network,
         exp.test_images,
-        index=jnp.concatenate([exp.target_rows, exp.test_rows]),
+        index=np.concatenate([np.asarray(exp.target_rows), np.asarray(exp.test_rows)]),
         batch_size=batch_size,
         input_fn=_eval_input(exp),
     )
-    m = exp.target_rows.shape[0]
-    return Predictions(source=source, target=held[:m], test=held[m:], source_features=features)
+    target, test = _split_rows(held, exp.target_rows.shape[0])
+    return Predictions(source=source, target=target, test=test, source_features=features)
 
 
 def estimate(exp: Experiment, state: malls.RoundState, preds: Predictions) -> malls.WeightEstimate:
@@ -827,7 +849,7 @@ def fit(
     ls, t = exp.options.label_shift, exp.options.train
     if initial:
         rows = state.pool.warm
-        example_weight = jnp.ones(rows.shape, jnp.float32)
+        example_weight = np.ones(rows.shape, np.float32)
     else:
         rows = pool.training_mask(state.pool)
         example_weight = malls.training_weights(
@@ -839,7 +861,7 @@ def fit(
         )
     network = state.committee if committee else state.train
     fresh = train.fresh_optimizer(exp.tx, stacked=1 if committee else 0)(network)
-    count = int(jnp.sum(rows))
+    count = int(np.sum(np.asarray(rows)))
     steps_per_epoch = max(1, -(-count // t.batch_size))
     epochs = t.initial_epochs if initial else t.partial_epochs
     name = "h0" if initial else f"fine-tune round {int(state.round)}"
@@ -870,7 +892,7 @@ _SILENT = progress.Progress("never")
 
 def h0_key_of(state: malls.RoundState) -> jax.Array:
     """The PRNG key of h0's training (and of the committee's initial training)."""
-    return jax.random.fold_in(state.key, 0)
+    return _fold_in(state.key, 0)
 
 
 def train_initial(
@@ -1039,8 +1061,7 @@ def run_round(
     and the round's record. Deterministic in ``state.key`` and ``r``. ``display`` shows
     the fine-tuning live.
     """
-    round_key = jax.random.fold_in(state.key, r)
-    query_key, fit_key = jax.random.split(round_key)
+    query_key, fit_key = _split_pair(_fold_in(state.key, r))
     chosen, query_weight, offered = phase("selection", lambda: query(exp, state, preds, query_key))
     # The training weights follow from the raw estimate and the new labeled set's mix.
     revealed = pool.reveal(state.pool, chosen, r, query_weight, offered=offered)

@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from alsa_jax import acquisition, label_shift, metrics, pool, selection
@@ -43,9 +44,11 @@ class WeightEstimate:
 
 def no_estimate(num_classes: int) -> WeightEstimate:
     """The estimate of the "none" estimator: weights 1 against any labeled set."""
-    return WeightEstimate(
-        weights=jnp.ones((num_classes,), jnp.float32),
-        sample_dist=jnp.zeros((num_classes,), jnp.float32),
+    return jax.device_put(
+        WeightEstimate(
+            weights=np.ones((num_classes,), np.float32),
+            sample_dist=np.zeros((num_classes,), np.float32),
+        )
     )
 
 
@@ -223,6 +226,7 @@ def query(
     )
 
 
+@partial(jax.jit, static_argnames=("importance_weighting", "all_labeled"))
 def training_weights(
     state: PoolState,
     labels: jax.Array,
@@ -272,8 +276,16 @@ def round_metrics(
     out["weight_l2_error"] = errors["l2"]
     out["weight_mse"] = errors["mse"]
     out["weight_max_abs_error"] = errors["max_abs"]
-    out["labels_paid"] = pool.num_paid(state)
-    out["labels_bought"] = pool.num_bought(state)
-    out["labels_holdout"] = pool.num_holdout(state)  # paid for too, for the confusion matrix
-    out["training_rows"] = pool.num_training_rows(state)
+    out.update(_label_counts(state))
     return out
+
+
+@jax.jit
+def _label_counts(state: PoolState) -> dict[str, jax.Array]:
+    """The round record's label counts, as one program."""
+    return {
+        "labels_paid": pool.num_paid(state),
+        "labels_bought": pool.num_bought(state),
+        "labels_holdout": pool.num_holdout(state),  # paid for too, for the confusion matrix
+        "training_rows": pool.num_training_rows(state),
+    }

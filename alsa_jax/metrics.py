@@ -171,4 +171,4 @@ def uniform_source_shift(labeled_dist: jax.Array) -> jax.Array:
     """``source_shift`` against the uniform target distribution 1/k."""
     validation.check_rank("labeled_dist", labeled_dist, 1)
     k = np.shape(labeled_dist)[0]
-    return _source_shift(labeled_dist, jnp.full((k,), 1.0 / k, dtype=jnp.float32))
+    return _source_shift(labeled_dist, np.full((k,), 1.0 / k, dtype=np.float32))

@@ -9,6 +9,9 @@ function from one state to the next.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,16 +65,16 @@ def from_splits(splits: Splits) -> tuple[jax.Array, jax.Array, PoolState]:
     validation.check_shape(
         "splits.initially_labeled", splits.initially_labeled, (splits.pool.capacity,)
     )
-    source_indices = jnp.concatenate([jnp.asarray(s.indices, jnp.int32) for s in parts])
-    source_valid = jnp.concatenate([jnp.asarray(s.valid, bool) for s in parts])
+    # Laid out on the host and sent over once: a handful of eager device operations would
+    # compile a program each.
+    indices_np = np.concatenate([np.asarray(s.indices, np.int32) for s in parts])
+    valid_np = np.concatenate([np.asarray(s.valid, bool) for s in parts])
 
-    def placed(which: int, mask: jax.Array) -> jax.Array:
-        blocks = [jnp.zeros(s.capacity, bool) for s in parts]
-        blocks[which] = jnp.asarray(mask, bool)
-        return jnp.concatenate(blocks)
+    def placed(which: int, mask: Any) -> np.ndarray:
+        blocks = [np.zeros(s.capacity, bool) for s in parts]
+        blocks[which] = np.asarray(mask, bool)
+        return np.concatenate(blocks)
 
-    valid_np = np.asarray(source_valid)
-    indices_np = np.asarray(source_indices)
     example = np.full(indices_np.shape, -1, np.int32)
     representative = np.zeros(indices_np.shape, bool)
     if valid_np.any():
@@ -80,22 +83,24 @@ def from_splits(splits: Splits) -> tuple[jax.Array, jax.Array, PoolState]:
         representative[np.flatnonzero(valid_np)[first]] = True
 
     warm = placed(0, splits.warm.valid)
-    holdout = placed(1, splits.holdout.valid)
     pool = placed(2, splits.pool.valid)
-    example = jnp.asarray(example)
-    initial = placed(2, jnp.asarray(splits.initially_labeled, bool) & splits.pool.valid)
-    labeled = warm | (pool & _same_example(example, initial))
-    state = PoolState(
-        warm=warm,
-        holdout=holdout,
-        pool=pool,
-        labeled=labeled,
-        labeled_round=jnp.where(labeled, 0, -1).astype(jnp.int32),
-        query_weight=jnp.ones(labeled.shape, jnp.float32),
-        example=example,
-        representative=jnp.asarray(representative),
-        offered=jnp.zeros(labeled.shape, bool),
+    initial = placed(2, np.asarray(splits.initially_labeled, bool) & np.asarray(splits.pool.valid))
+    held = initial & (example >= 0)
+    labeled = warm | (pool & (example >= 0) & np.isin(example, example[held]))
+    state = jax.device_put(
+        PoolState(
+            warm=warm,
+            holdout=placed(1, splits.holdout.valid),
+            pool=pool,
+            labeled=labeled,
+            labeled_round=np.where(labeled, 0, -1).astype(np.int32),
+            query_weight=np.ones(labeled.shape, np.float32),
+            example=example,
+            representative=representative,
+            offered=np.zeros(labeled.shape, bool),
+        )
     )
+    source_indices, source_valid = jax.device_put((indices_np, valid_np))
     return source_indices, source_valid, state
 
 
@@ -195,6 +200,7 @@ def reveal(
     )
 
 
+@jax.jit
 def unlabeled_pool(state: PoolState) -> jax.Array:
     """Rows a query may choose: one row per unlabeled pool example, bool [n].
 
@@ -204,6 +210,7 @@ def unlabeled_pool(state: PoolState) -> jax.Array:
     return state.pool & ~state.labeled & state.representative
 
 
+@jax.jit
 def training_mask(state: PoolState) -> jax.Array:
     """Rows the network is trained on: labeled & ~holdout, bool [n]."""
     return state.labeled & ~state.holdout
@@ -213,6 +220,7 @@ def _distinct(state: PoolState, rows: jax.Array) -> jax.Array:
     return jnp.sum(rows & state.representative, dtype=jnp.int32)
 
 
+@jax.jit
 def num_paid(state: PoolState) -> jax.Array:
     """Labels paid for: distinct examples whose label was revealed. int32 scalar.
 
@@ -223,16 +231,19 @@ def num_paid(state: PoolState) -> jax.Array:
     return _distinct(state, state.labeled | state.holdout)
 
 
+@jax.jit
 def num_bought(state: PoolState) -> jax.Array:
     """Distinct examples bought in rounds >= 1 (initial labels excluded): int32 scalar."""
     return _distinct(state, state.labeled & state.pool & (state.labeled_round >= 1))
 
 
+@jax.jit
 def num_holdout(state: PoolState) -> jax.Array:
     """Distinct examples in the held-out labeled confusion sample: int32 scalar."""
     return _distinct(state, state.holdout)
 
 
+@jax.jit
 def num_training_rows(state: PoolState) -> jax.Array:
     """Rows the network trains on, duplicates included: int32 scalar."""
     return jnp.sum(training_mask(state), dtype=jnp.int32)
@@ -248,6 +259,11 @@ def training_distribution(state: PoolState, labels: jax.Array, num_classes: int)
     """
     validation.check_shape("labels", labels, state.labeled.shape)
     validation.check_labels("labels", labels, num_classes)
+    return _training_distribution(state, labels, num_classes)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _training_distribution(state: PoolState, labels: jax.Array, num_classes: int) -> jax.Array:
     rows = jnp.where(training_mask(state), state.query_weight, 0.0)
     counts = rows @ jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     return counts / jnp.maximum(jnp.sum(rows), 1e-30)

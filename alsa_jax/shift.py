@@ -47,7 +47,7 @@ def _check_size(name: str, size: Any, *, minimum: int = 1) -> None:
 def uniform_distribution(num_classes: int) -> jax.Array:
     """The uniform class distribution: p[c] = 1 / k. Returns float32 [k]."""
     _check_num_classes(num_classes)
-    return jnp.full((num_classes,), 1.0 / num_classes, dtype=jnp.float32)
+    return jax.device_put(np.full((num_classes,), 1.0 / num_classes, dtype=np.float32))
 
 
 def dirichlet_distribution(key: jax.Array, num_classes: int, alpha: float) -> jax.Array:
@@ -58,7 +58,7 @@ def dirichlet_distribution(key: jax.Array, num_classes: int, alpha: float) -> ja
     """
     _check_num_classes(num_classes)
     validation.check_positive("alpha", alpha)
-    return _dirichlet(key, jnp.float32(alpha), num_classes)
+    return _dirichlet(key, np.float32(alpha), num_classes)
 
 
 @partial(jax.jit, static_argnames=("num_classes",))
@@ -189,9 +189,9 @@ def resample_per_class(
             )
     return _resample_core(
         key,
-        jnp.asarray(labels, dtype=jnp.int32),
-        jnp.asarray(candidates, dtype=bool),
-        jnp.asarray(p, dtype=jnp.float32),
+        _as_array(labels, np.int32),
+        _as_array(candidates, bool),
+        _as_array(p, np.float32),
         size=int(size),
         num_classes=int(num_classes),
     )
@@ -306,9 +306,28 @@ STRATEGIES: dict[str, SplitSpec] = {
 }
 
 
+# The splits are cut on the host; their random draws run as one jitted program each (eager
+# jax.random calls would compile several small programs apiece) with the same values.
+@partial(jax.jit, static_argnums=1)
+def _split_key(key: jax.Array, num: int) -> tuple[jax.Array, ...]:
+    return tuple(jax.random.split(key, num))
+
+
+_permutation = jax.jit(jax.random.permutation, static_argnums=1)
+_uniform = jax.jit(jax.random.uniform, static_argnums=1)
+
+
+def _as_array(x: Any, dtype: Any) -> Any:
+    """``x`` as ``dtype``: host data stays NumPy (a jitted call takes it without compiling a
+    conversion), device arrays and tracers go through ``jnp.asarray``."""
+    if isinstance(x, jax.Array):
+        return jnp.asarray(x, dtype=dtype)
+    return np.asarray(x, dtype=dtype)
+
+
 def _cut(rng_key: jax.Array, n: int, fractions: tuple[float, ...]) -> list[np.ndarray]:
     """Permute range(n) and cut it into consecutive parts; the last takes the rest."""
-    perm = np.asarray(jax.random.permutation(rng_key, n))
+    perm = np.asarray(_permutation(rng_key, n))
     parts, start = [], 0
     for fraction in fractions:
         stop = start + int(round(fraction * (n - start)))
@@ -325,21 +344,19 @@ def _mask(n: int, rows: np.ndarray) -> np.ndarray:
 
 
 def _empty_split() -> Split:
-    return Split(indices=jnp.zeros((0,), jnp.int32), valid=jnp.zeros((0,), bool))
+    return Split(*jax.device_put((np.zeros((0,), np.int32), np.zeros((0,), bool))))
 
 
 def _natural_split(rows: np.ndarray, size: int) -> Split:
     """The part's rows as they are (already in random order), at most ``size`` of them."""
     rows = rows[:size]
-    return Split(
-        indices=jnp.asarray(rows, dtype=jnp.int32), valid=jnp.ones(rows.shape[0], dtype=bool)
-    )
+    return Split(*jax.device_put((np.asarray(rows, np.int32), np.ones(rows.shape[0], dtype=bool))))
 
 
 def _empirical(labels: np.ndarray, split: Split, num_classes: int) -> jax.Array:
     rows = np.asarray(split.indices)[np.asarray(split.valid)]
     counts = np.bincount(labels[rows], minlength=num_classes).astype(np.float64)
-    return jnp.asarray(counts / max(counts.sum(), 1.0), dtype=jnp.float32)
+    return jax.device_put((counts / max(counts.sum(), 1.0)).astype(np.float32))
 
 
 def _resampled_split(
@@ -358,16 +375,16 @@ def _resampled_split(
             f"class {missing[0]} has no examples in the {part} part to resample from; "
             "lower holdout_fraction / target_fraction or use a dataset with more rows per class"
         )
-    draw_key, order_key = jax.random.split(key)
+    draw_key, order_key = _split_key(key, 2)
     indices, valid = resample_per_class(
         draw_key, labels, _mask(labels.shape[0], rows), p, size, num_classes
     )
     # resample_per_class groups the slots by class; a split's row order must not reveal
     # labels (selection breaks ties by row and IWAL streams rows in order), so the valid
     # slots are shuffled, staying a prefix.
-    noise = np.asarray(jax.random.uniform(order_key, (indices.shape[0],)))
+    noise = np.asarray(_uniform(order_key, (indices.shape[0],)))
     order = np.lexsort((noise, ~np.asarray(valid)))
-    return Split(indices=indices[order], valid=valid[order])
+    return Split(*jax.device_put((np.asarray(indices)[order], np.asarray(valid)[order])))
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -499,8 +516,7 @@ def make_splits(
     test_size = pool_size if test_size is None else int(test_size)
     holdout_size = int(round(holdout_fraction * warm_size))
 
-    keys = jax.random.split(key, 5)
-    key_train, key_test, key_dists, key_resample, key_initial = keys
+    key_train, key_test, key_dists, key_resample, key_initial = _split_key(key, 5)
     holdout_rows, warm_rows, pool_rows = _cut(
         key_train, train_y.shape[0], (holdout_fraction, r / (1.0 + r))
     )
@@ -518,9 +534,7 @@ def make_splits(
                 "target_fraction or change warmstart_ratio"
             )
 
-    draw_keys = dict(
-        zip(DIRICHLET_DRAWS, jax.random.split(key_dists, len(DIRICHLET_DRAWS)), strict=True)
-    )
+    draw_keys = dict(zip(DIRICHLET_DRAWS, _split_key(key_dists, len(DIRICHLET_DRAWS)), strict=True))
     draw_alphas = dict(zip(DIRICHLET_DRAWS, alphas, strict=True))
     draws: dict[str, jax.Array] = {}
 
@@ -536,7 +550,7 @@ def make_splits(
         return draws[name]
 
     split_names = ("warm", "holdout", "pool", "target", "test")
-    split_keys = dict(zip(split_names, jax.random.split(key_resample, 5), strict=True))
+    split_keys = dict(zip(split_names, _split_key(key_resample, 5), strict=True))
 
     def build(
         which: str, labels: np.ndarray, rows: np.ndarray, p: jax.Array | None, size: int, part: str
@@ -563,7 +577,7 @@ def make_splits(
 
     pool_valid = np.asarray(pool.valid)
     num_initial = int(round(initial_prop * int(pool_valid.sum())))
-    order = np.asarray(jax.random.permutation(key_initial, pool_valid.shape[0]))
+    order = np.asarray(_permutation(key_initial, pool_valid.shape[0]))
     initially_labeled = np.zeros(pool_valid.shape[0], dtype=bool)
     initially_labeled[order[pool_valid[order]][:num_initial]] = True
 
@@ -576,5 +590,5 @@ def make_splits(
         warm_dist=warm_dist,
         pool_dist=pool_dist,
         test_dist=test_dist,
-        initially_labeled=jnp.asarray(initially_labeled),
+        initially_labeled=jax.device_put(initially_labeled),
     )

@@ -424,6 +424,23 @@ def _step_loop(
     return jax.jit(loop)
 
 
+def on_device(x: Any, dtype: Any = None) -> jax.Array:
+    """``jnp.asarray(x, dtype)`` that compiles nothing for host data: NumPy arrays go over
+    with ``jax.device_put`` (``jnp.asarray`` compiles a small copy program per shape)."""
+    if isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+        return jnp.asarray(x, dtype)
+    return jax.device_put(np.asarray(x, dtype))
+
+
+@functools.partial(jax.jit, static_argnames="stacked")
+def _epoch_keys(keys: jax.Array, epoch: int, *, stacked: bool) -> tuple[jax.Array, jax.Array]:
+    """The epoch's (order, dropout) keys: ``split(fold_in(key, epoch))`` (per run if stacked)."""
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if stacked else jax.random.fold_in
+    split = jax.vmap(jax.random.split) if stacked else jax.random.split
+    pair = split(fold(keys, epoch))
+    return (pair[:, 0], pair[:, 1]) if stacked else (pair[0], pair[1])
+
+
 def _check_fit_arguments(data_x, data_y, example_weight, rows, index, batch_size, epochs, *, lead):
     """Shapes and values of :func:`fit`'s arguments; ``lead`` leading axes of runs."""
     validation.check_rank("rows", rows, 1 + lead)
@@ -473,19 +490,16 @@ def _run_epochs(
     length = max(1, -(-int(np.shape(rows)[-1]) // batch_size))
     loop = _step_loop(_pure_step(train_step), int(batch_size), parallel.device_count(), stacked)
     order_fn = _stacked_epoch_order if stacked else _epoch_order
-    split = jax.vmap(jax.random.split) if stacked else jax.random.split
-    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if stacked else jax.random.fold_in
-    count_arg = jnp.asarray(counts if stacked else counts[0], jnp.int32)
+    count_arg = jax.device_put(np.asarray(counts if stacked else counts[0], np.int32))
     # A chunk of steps per dispatch: the whole epoch, or a few steps when a display counts.
     chunk = max(steps) if on_step is None else max(1, max(steps) // 4)
     for epoch in range(start_epoch, start_epoch + epochs):
-        pair = split(fold(keys, epoch))
-        order_key, dropout_key = (pair[:, 0], pair[:, 1]) if stacked else (pair[0], pair[1])
+        order_key, dropout_key = _epoch_keys(keys, epoch, stacked=stacked)
         order = order_fn(order_key, rows)
         lrs = np.stack(
             [_learning_rates(f, epoch, n, length) for f, n in zip(lr_fns, steps, strict=True)]
         )
-        lrs = jnp.asarray(lrs if stacked else lrs[0])
+        lrs = jax.device_put(lrs if stacked else lrs[0])
         totals = []
         for first in range(0, max(steps), chunk):
             last = min(first + chunk, max(steps))
@@ -577,11 +591,11 @@ def fit(
     state, data_x, index, data_y, example_weight, rows = parallel.replicate(
         (
             state,
-            jnp.asarray(data_x),
-            jnp.asarray(index, jnp.int32),
-            jnp.asarray(data_y),
-            jnp.asarray(example_weight, jnp.float32),
-            jnp.asarray(rows),
+            on_device(data_x),
+            on_device(index, jnp.int32),
+            on_device(data_y),
+            on_device(example_weight, jnp.float32),
+            on_device(rows),
         )
     )
     return _run_epochs(
@@ -736,10 +750,10 @@ def _prediction_inputs(
     validation.check_positive("batch_size", batch_size)
     parallel.check_batch_size("batch_size", batch_size)
     if index is None:
-        index = jnp.arange(np.shape(x)[0], dtype=jnp.int32)
+        index = np.arange(np.shape(x)[0], dtype=np.int32)
     else:
         validation.check_rank("index", index, 1)
-    return jnp.asarray(x), jnp.asarray(index, jnp.int32)
+    return on_device(x), on_device(index, jnp.int32)
 
 
 def _predict_rows(

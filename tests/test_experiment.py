@@ -356,3 +356,24 @@ def test_calibrated_correction_is_q_over_the_calibration_sample(built):
     w_train = np.asarray(experiment.class_weights(original, state))
     expected = np.asarray(preds.test) * w_train
     np.testing.assert_allclose(raw, expected / expected.sum(-1, keepdims=True), rtol=1e-4)
+
+
+def test_setting_up_compiles_a_few_programs_in_a_fresh_process():
+    # Cutting the splits and laying out the pool run on the host; only the random draws, the
+    # resampling and the network's initialisation are XLA programs (78 before they were).
+    import subprocess
+    import sys
+
+    code = (
+        "from alsa_jax import compilation, experiment\n"
+        "from tests.test_experiment import options\n"
+        "with compilation.CompileCounter() as c:\n"
+        "    experiment.initial_state(experiment.setup(options()))\n"
+        "print(c.compiled)\n"
+    )
+    env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    compiled = int(out.stdout.split()[-1])
+    assert 0 < compiled <= 20, out.stdout
