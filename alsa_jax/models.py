@@ -213,9 +213,10 @@ class CNN(nn.Module):
     chunks of this many images in turn (``lax.map``), recomputed per chunk in the backward
     pass (``jax.checkpoint``), so that a chunk's im2col patches stay in the CPU's cache; the
     result is the same function (dropout masks are drawn over the whole batch as before).
-    ``None`` (default): 16 on CPU, whole batches on other platforms; 0: whole batches.
+    ``None`` (default): 16 on CPU with the ``"shifted_matmul"`` lowering, whole batches
+    otherwise (XLA's CPU convolution is several times slower in chunks); 0: whole batches.
     A training step of batch 128 on 28x28 images takes about 0.7x the time of whole batches
-    on a 2-core CPU (``benchmarks/bench_speed.py``).
+    on a 2-core CPU (``benchmarks/bench_models.py``).
     """
 
     num_classes: int
@@ -247,7 +248,7 @@ class CNN(nn.Module):
         deterministic = not (train or mc_dropout)
         conv1 = Conv3x3(32, impl=self.conv_impl, name="conv1")
         conv2 = Conv3x3(64, impl=self.conv_impl, name="conv2")
-        chunk = _cnn_train_chunk(self.train_chunk) if train else 0
+        chunk = _cnn_train_chunk(self.train_chunk, self.conv_impl) if train else 0
         if chunk and x.shape[0] >= 2 * chunk and not self.is_initializing():
             params = self.variables["params"]
             x = _map_in_chunks(
@@ -264,9 +265,10 @@ class CNN(nn.Module):
         return _outputs(nn.Dense(self.num_classes, name="head")(x), features, return_features)
 
 
-def _cnn_train_chunk(train_chunk: int | None) -> int:
+def _cnn_train_chunk(train_chunk: int | None, impl: str) -> int:
     if train_chunk is None:
-        return 16 if jax.default_backend() == "cpu" else 0
+        # XLA's own CPU convolution gets no faster in chunks (several times slower).
+        return 16 if jax.default_backend() == "cpu" and impl == "shifted_matmul" else 0
     return train_chunk
 
 

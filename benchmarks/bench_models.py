@@ -2,8 +2,9 @@
 
     python benchmarks/bench_models.py [--batch-size 128] [--eval-batch-size 128] [--seconds 3]
 
-For the CNN on 28x28x1 and 8x8x1 inputs with ``conv_impl`` "xla" and "shifted_matmul",
-and for the MLP, prints examples per second of the jitted training step
+For the CNN on 28x28x1 and 8x8x1 inputs with ``conv_impl`` "xla" and "shifted_matmul"
+(the latter also with ``train_chunk`` 0, whole batches, and each of ``--chunks``), and for
+the MLP, prints examples per second of the jitted training step
 (:func:`alsa_jax.train.make_train_step`, Adam) and of inference
 (:func:`alsa_jax.train.predict_probs`), after compilation, and the ratio of each
 lowering to "xla".
@@ -73,13 +74,19 @@ def main() -> None:
     parser.add_argument("--eval-batch-size", type=int, default=128)
     parser.add_argument("--eval-rows", type=int, default=2048)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--chunks", default="8,16,32", help="train_chunk values for shifted_matmul (comma list)"
+    )
     args = parser.parse_args()
+    chunks = [int(c) for c in args.chunks.split(",") if c]
     cases = []
     for shape in ((28, 28, 1), (8, 8, 1)):
-        for impl in models.CONV_IMPLS:
-            cases.append(
-                (f"cnn {shape[0]}x{shape[1]}", impl, models.CNN(10, conv_impl=impl), shape)
-            )
+        name = f"cnn {shape[0]}x{shape[1]}"
+        cases.append((name, "xla", models.CNN(10, conv_impl="xla"), shape))
+        for chunk in (0, *chunks):
+            label = f"shifted_matmul/{chunk}" if chunk else "shifted_matmul"
+            model = models.CNN(10, conv_impl="shifted_matmul", train_chunk=chunk)
+            cases.append((name, label, model, shape))
     for shape in ((28, 28, 1), (8, 8, 1)):
         cases.append((f"mlp {shape[0]}x{shape[1]}", "-", models.MLP(10), shape))
     print(
@@ -88,7 +95,7 @@ def main() -> None:
     )
     results = {}
     header = (
-        f"{'model':<11}{'conv_impl':<16}{'train ex/s':>12}{'vs xla':>8}"
+        f"{'model':<11}{'conv_impl/chunk':<20}{'train ex/s':>12}{'vs xla':>8}"
         f"{'infer ex/s':>13}{'vs xla':>8}"
     )
     print(header)
@@ -110,7 +117,7 @@ def main() -> None:
             else (f"{'':>8}", f"{'':>8}")
         )
         print(
-            f"{name:<11}{impl:<16}{train_rate:>12.0f}{ratios[0]}{infer_rate:>13.0f}{ratios[1]}",
+            f"{name:<11}{impl:<20}{train_rate:>12.0f}{ratios[0]}{infer_rate:>13.0f}{ratios[1]}",
             flush=True,
         )
 

@@ -132,6 +132,8 @@ def test_cnn_training_in_chunks_is_the_same_function(impl):
     assert not has_scan(whole, True)
     assert not has_scan(chunked, False)
     assert models.CNN(10).train_chunk is None
+    if jax.default_backend() == "cpu":  # by default the shifted-matmul lowering trains in chunks
+        assert has_scan(models.CNN(10, conv_impl=impl), True) == (impl == "shifted_matmul")
     with pytest.raises(ValueError, match="train_chunk"):
         models.CNN(10, train_chunk=-1)
 
