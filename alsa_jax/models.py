@@ -213,10 +213,12 @@ class CNN(nn.Module):
     chunks of this many images in turn (``lax.map``), recomputed per chunk in the backward
     pass (``jax.checkpoint``), so that a chunk's im2col patches stay in the CPU's cache; the
     result is the same function (dropout masks are drawn over the whole batch as before).
-    ``None`` (default): 16 on CPU with the ``"shifted_matmul"`` lowering, whole batches
-    otherwise (XLA's CPU convolution is several times slower in chunks); 0: whole batches.
-    A training step of batch 128 on 28x28 images takes about 0.7x the time of whole batches
-    on a 2-core CPU (``benchmarks/bench_models.py``).
+    ``None`` (default): on CPU with the ``"shifted_matmul"`` lowering, chunks whose patches
+    take about 10 MiB (16 images at 28x28; 8x8 batches of up to a thousand images train
+    whole), whole batches otherwise (XLA's CPU convolution is several times slower in
+    chunks, and other platforms have no such cache to fit); 0: whole batches. A training
+    step of batch 128 on 28x28 images takes about 0.7x the time of whole batches on a 2-core
+    CPU, while 8x8 images train fastest whole (``benchmarks/bench_models.py``).
     """
 
     num_classes: int
@@ -248,7 +250,7 @@ class CNN(nn.Module):
         deterministic = not (train or mc_dropout)
         conv1 = Conv3x3(32, impl=self.conv_impl, name="conv1")
         conv2 = Conv3x3(64, impl=self.conv_impl, name="conv2")
-        chunk = _cnn_train_chunk(self.train_chunk, self.conv_impl) if train else 0
+        chunk = _cnn_train_chunk(self.train_chunk, self.conv_impl, x) if train else 0
         if chunk and x.shape[0] >= 2 * chunk and not self.is_initializing():
             params = self.variables["params"]
             x = _map_in_chunks(
@@ -265,11 +267,20 @@ class CNN(nn.Module):
         return _outputs(nn.Dense(self.num_classes, name="head")(x), features, return_features)
 
 
-def _cnn_train_chunk(train_chunk: int | None, impl: str) -> int:
-    if train_chunk is None:
-        # XLA's own CPU convolution gets no faster in chunks (several times slower).
-        return 16 if jax.default_backend() == "cpu" and impl == "shifted_matmul" else 0
-    return train_chunk
+# Automatic chunks hold about this many bytes of the second convolution's im2col patches
+# (16 images at 28x28); a batch whose patches fit in two chunks trains whole.
+_TRAIN_CHUNK_BYTES = 10 * 2**20
+
+
+def _cnn_train_chunk(train_chunk: int | None, impl: str, x: jax.Array) -> int:
+    if train_chunk is not None:
+        return train_chunk
+    # XLA's own CPU convolution gets no faster in chunks (several times slower), and other
+    # platforms have no small cache to fit.
+    if jax.default_backend() != "cpu" or impl != "shifted_matmul":
+        return 0
+    patch_bytes = max(1, (x.shape[1] - 4) * (x.shape[2] - 4)) * 9 * 32 * 4
+    return max(1, round(_TRAIN_CHUNK_BYTES / patch_bytes))
 
 
 def _cnn_convs(conv1_params: Any, conv2_params: Any, impl: str, x: jax.Array) -> jax.Array:

@@ -132,8 +132,19 @@ def test_cnn_training_in_chunks_is_the_same_function(impl):
     assert not has_scan(whole, True)
     assert not has_scan(chunked, False)
     assert models.CNN(10).train_chunk is None
-    if jax.default_backend() == "cpu":  # by default the shifted-matmul lowering trains in chunks
-        assert has_scan(models.CNN(10, conv_impl=impl), True) == (impl == "shifted_matmul")
+    if jax.default_backend() == "cpu":
+        # By default the shifted-matmul lowering trains 28x28 batches in chunks (of 16), and
+        # XLA's lowering and small images whole.
+        default = models.CNN(10, conv_impl=impl)
+        for size, chunked in ((28, impl == "shifted_matmul"), (12, False)):
+            batch = jnp.zeros((37, size, size, 1))
+            p = default.init(jax.random.PRNGKey(0), batch, train=False)["params"]
+            jaxpr = jax.make_jaxpr(
+                lambda p, b=batch: default.apply(
+                    {"params": p}, b, train=True, rngs={"dropout": jax.random.PRNGKey(3)}
+                )
+            )(p)
+            assert ("scan" in str(jaxpr)) == chunked, size
     with pytest.raises(ValueError, match="train_chunk"):
         models.CNN(10, train_chunk=-1)
 
