@@ -3,8 +3,7 @@
     python benchmarks/bench_models.py [--batch-size 128] [--eval-batch-size 128] [--seconds 3]
 
 For the CNN on 28x28x1 and 8x8x1 inputs with ``conv_impl`` "xla" and "shifted_matmul"
-(the latter with ``train_chunk`` None, its default, 0, whole batches, and each of
-``--chunks``), and for
+(the latter whole, ``train_chunk`` 0, and in chunks of each of ``--chunks`` images), and for
 the MLP, prints examples per second of the jitted training step
 (:func:`alsa_jax.train.make_train_step`, Adam) and of inference
 (:func:`alsa_jax.train.predict_probs`), after compilation, and the ratio of each
@@ -84,8 +83,8 @@ def main() -> None:
     for shape in ((28, 28, 1), (8, 8, 1)):
         name = f"cnn {shape[0]}x{shape[1]}"
         cases.append((name, "xla", models.CNN(10, conv_impl="xla"), shape))
-        for chunk in (None, 0, *chunks):
-            label = "shifted_matmul" + ("/auto" if chunk is None else f"/{chunk}")
+        for chunk in (0, *chunks):
+            label = f"shifted_matmul/{chunk}" if chunk else "shifted_matmul"
             model = models.CNN(10, conv_impl="shifted_matmul", train_chunk=chunk)
             cases.append((name, label, model, shape))
     for shape in ((28, 28, 1), (8, 8, 1)):
