@@ -119,6 +119,7 @@ class ModelOptions:
     name: str
     conv_impl: str
     inference_conv_impl: str
+    train_chunk: int
 
     def __post_init__(self) -> None:
         _checked("model", lambda: validation.check_choice("name", self.name, models.MODELS))
@@ -127,6 +128,15 @@ class ModelOptions:
             _checked(
                 "model", lambda f=field, v=value: validation.check_choice(f, v, models.CONV_IMPLS)
             )
+        if (
+            self.train_chunk > 0
+            and "train_chunk" not in models.MODELS[self.name].__dataclass_fields__
+        ):
+            _fail(
+                f"model.train_chunk={self.train_chunk} applies to the cnn only; "
+                f"set it to 0 for model.name={self.name!r}"
+            )
+        _checked("model", lambda: models.CNN(2, train_chunk=self.train_chunk))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -209,30 +209,30 @@ class CNN(nn.Module):
     8 -> 6 -> 4 -> 2. ``conv_impl`` picks the lowering (:data:`CONV_IMPLS`); parameters are
     the same for both. Features: the ``[B, 128]`` relu output of the dense layer.
 
-    ``train_chunk`` (default 0: whole batches): in training, the convolutions, their relus
-    and the pooling run over chunks of this many images in turn (``lax.map``), recomputed
-    per chunk in the backward pass (``jax.checkpoint``); the same function (dropout masks
-    are drawn over the whole batch as before) with small intermediates. On a 2-core CPU a
-    jitted training step of batch 128 on 28x28 images, called from Python, takes 0.7x the
-    time in chunks of 16 (``benchmarks/bench_models.py``), while inside
-    :func:`alsa_jax.train.fit`'s compiled epoch loop whole batches train as fast (about
-    1,340 images/s either way) and compile 0.3 s sooner, so chunks are off by default.
-    XLA's own convolution (``conv_impl="xla"``) is several times slower in chunks, and
-    8x8 images train fastest whole.
+    ``train_chunk``: in training, the convolutions, their relus and the pooling run over
+    chunks of this many images in turn (``lax.map``), recomputed per chunk in the backward
+    pass (``jax.checkpoint``); the same function (dropout masks are drawn over the whole
+    batch as before) with small intermediates. 0: whole batches. -1 (default): on CPU with
+    the ``"shifted_matmul"`` lowering, chunks whose im2col patches take about 10 MiB (16
+    images at 28x28; 8x8 batches of up to a thousand images train whole), whole batches
+    otherwise (XLA's CPU convolution is several times slower in chunks). Measured on 2 CPU
+    cores (28x28, batch 128): a jitted step called from Python takes 0.7x the time in
+    chunks of 16 (``benchmarks/bench_models.py``), and a whole run's fine-tuning 0.9x
+    (``benchmarks/bench_speed.py``); 8x8 images train twice as fast whole.
     """
 
     num_classes: int
     conv_impl: str = "shifted_matmul"
     conv_dropout_rate: float = 0.25
     dense_dropout_rate: float = 0.5
-    train_chunk: int = 0
+    train_chunk: int = -1
 
     def __post_init__(self) -> None:
         validation.check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
-        if not isinstance(self.train_chunk, int) or self.train_chunk < 0:
+        if not isinstance(self.train_chunk, int) or self.train_chunk < -1:
             raise ValueError(
-                f"train_chunk must be 0 (whole batches) or a positive number of images, got "
-                f"{self.train_chunk!r}"
+                f"train_chunk must be -1 (automatic), 0 (whole batches) or a positive number "
+                f"of images, got {self.train_chunk!r}"
             )
         super().__post_init__()
 
@@ -248,7 +248,7 @@ class CNN(nn.Module):
         deterministic = not (train or mc_dropout)
         conv1 = Conv3x3(32, impl=self.conv_impl, name="conv1")
         conv2 = Conv3x3(64, impl=self.conv_impl, name="conv2")
-        chunk = self.train_chunk if train else 0
+        chunk = _cnn_train_chunk(self.train_chunk, self.conv_impl, x) if train else 0
         if chunk and x.shape[0] >= 2 * chunk and not self.is_initializing():
             params = self.variables["params"]
             x = _map_in_chunks(
@@ -263,6 +263,21 @@ class CNN(nn.Module):
         features = nn.relu(nn.Dense(128, name="dense")(x))
         x = nn.Dropout(self.dense_dropout_rate, deterministic=deterministic)(features)
         return _outputs(nn.Dense(self.num_classes, name="head")(x), features, return_features)
+
+
+# Automatic chunks hold about this many bytes of the second convolution's im2col patches
+# (16 images at 28x28); a batch whose patches fit in two chunks trains whole.
+_TRAIN_CHUNK_BYTES = 10 * 2**20
+
+
+def _cnn_train_chunk(train_chunk: int, impl: str, x: jax.Array) -> int:
+    if train_chunk >= 0:
+        return train_chunk
+    # XLA's own CPU convolution gets slower in chunks; other platforms have no such cache.
+    if jax.default_backend() != "cpu" or impl != "shifted_matmul":
+        return 0
+    patch_bytes = max(1, (x.shape[1] - 4) * (x.shape[2] - 4)) * 9 * 32 * 4
+    return max(1, round(_TRAIN_CHUNK_BYTES / patch_bytes))
 
 
 def _cnn_convs(conv1_params: Any, conv2_params: Any, impl: str, x: jax.Array) -> jax.Array:

@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "cnn"  # mlp | cnn | resnet18 | resnet34
     config.model.conv_impl = "shifted_matmul"  # training: xla | shifted_matmul (same math)
     config.model.inference_conv_impl = "xla"  # prediction: XLA's conv is faster forward on CPU
+    config.model.train_chunk = -1  # cnn: train convs in chunks of N images; -1 auto, 0 whole
 
     # Batch augmentation on the device (alsa_jax.augment.PIPELINES): none | cifar | nabirds.
     config.augment = ml_collections.ConfigDict()

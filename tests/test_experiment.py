@@ -358,6 +358,17 @@ def test_calibrated_correction_is_q_over_the_calibration_sample(built):
     np.testing.assert_allclose(raw, expected / expected.sum(-1, keepdims=True), rtol=1e-4)
 
 
+def test_train_chunk_is_checked_and_reaches_the_cnn():
+    with pytest.raises(experiment.ConfigError, match=r"^model.train_chunk=4 applies to the cnn"):
+        options(**{"model.name": "mlp", "model.train_chunk": 4})
+    with pytest.raises(
+        experiment.ConfigError, match=r"^model.train_chunk must be -1 \(automatic\), 0"
+    ):
+        options(**{"model.name": "cnn", "model.train_chunk": -2})
+    exp = experiment.setup(options(**{"model.name": "cnn", "model.train_chunk": 8}))
+    assert exp.model.train_chunk == 8 and exp.inference_model.train_chunk == 8
+
+
 def test_setting_up_compiles_a_few_programs_in_a_fresh_process():
     # Cutting the splits and laying out the pool run on the host; only the random draws, the
     # resampling and the network's initialisation are XLA programs (78 before they were).

@@ -131,9 +131,21 @@ def test_cnn_training_in_chunks_is_the_same_function(impl):
     assert has_scan(chunked, True)
     assert not has_scan(whole, True)
     assert not has_scan(chunked, False)
-    assert models.CNN(10).train_chunk == 0  # whole batches unless asked
+    if jax.default_backend() == "cpu":
+        # By default (-1) the shifted-matmul lowering trains 28x28 batches in chunks (of 16),
+        # and XLA's lowering and small images whole.
+        default = models.CNN(10, conv_impl=impl)
+        for size, chunked in ((28, impl == "shifted_matmul"), (12, False)):
+            batch = jnp.zeros((37, size, size, 1))
+            p = default.init(jax.random.PRNGKey(0), batch, train=False)["params"]
+            jaxpr = jax.make_jaxpr(
+                lambda p, b=batch: default.apply(
+                    {"params": p}, b, train=True, rngs={"dropout": jax.random.PRNGKey(3)}
+                )
+            )(p)
+            assert ("scan" in str(jaxpr)) == chunked, size
     with pytest.raises(ValueError, match="train_chunk"):
-        models.CNN(10, train_chunk=-1)
+        models.CNN(10, train_chunk=-2)
 
 
 def test_unknown_impl_and_model_raise():
