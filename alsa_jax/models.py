@@ -217,8 +217,9 @@ class CNN(nn.Module):
     images at 28x28; 8x8 batches of up to a thousand images train whole), whole batches
     otherwise (XLA's CPU convolution is several times slower in chunks). Measured on 2 CPU
     cores (28x28, batch 128): a jitted step called from Python takes 0.7x the time in
-    chunks of 16 (``benchmarks/bench_models.py``), and a whole run's fine-tuning 0.9x
-    (``benchmarks/bench_speed.py``); 8x8 images train twice as fast whole.
+    chunks of 16 (``benchmarks/bench_models.py``), and the fine-tuning of a whole run on
+    28x28 digits about 0.9x (alternating runs with ``model.train_chunk`` 0 and 16); 8x8
+    images train twice as fast whole.
     """
 
     num_classes: int

@@ -424,7 +424,7 @@ def _step_loop(
     return jax.jit(loop)
 
 
-def on_device(x: Any, dtype: Any = None) -> jax.Array:
+def _on_device(x: Any, dtype: Any = None) -> jax.Array:
     """``jnp.asarray(x, dtype)`` that compiles nothing for host data: NumPy arrays go over
     with ``jax.device_put`` (``jnp.asarray`` compiles a small copy program per shape)."""
     if isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
@@ -591,11 +591,11 @@ def fit(
     state, data_x, index, data_y, example_weight, rows = parallel.replicate(
         (
             state,
-            on_device(data_x),
-            on_device(index, jnp.int32),
-            on_device(data_y),
-            on_device(example_weight, jnp.float32),
-            on_device(rows),
+            _on_device(data_x),
+            _on_device(index, jnp.int32),
+            _on_device(data_y),
+            _on_device(example_weight, jnp.float32),
+            _on_device(rows),
         )
     )
     return _run_epochs(
@@ -753,7 +753,7 @@ def _prediction_inputs(
         index = np.arange(np.shape(x)[0], dtype=np.int32)
     else:
         validation.check_rank("index", index, 1)
-    return on_device(x), on_device(index, jnp.int32)
+    return _on_device(x), _on_device(index, jnp.int32)
 
 
 def _predict_rows(
