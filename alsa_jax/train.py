@@ -379,9 +379,7 @@ def _pure_step(train_step: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @functools.cache
-def _step_loop(
-    step_fn: Callable[..., Any], batch_size: int, device_count: int, stacked: bool
-) -> Callable[..., Any]:
+def _step_loop(step_fn: Callable[..., Any], batch_size: int, stacked: bool) -> Callable[..., Any]:
     """Steps ``[start, stop)`` of an epoch as one jitted ``lax.fori_loop``.
 
     ``loop(state, data_x, index, data_y, example_weight, order, count, lrs, dropout_key,
@@ -427,7 +425,7 @@ def _step_loop(
 def _on_device(x: Any, dtype: Any = None) -> jax.Array:
     """``jnp.asarray(x, dtype)`` that compiles nothing for host data: NumPy arrays go over
     with ``jax.device_put`` (``jnp.asarray`` compiles a small copy program per shape)."""
-    if isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+    if isinstance(x, jax.Array):  # tracers included
         return jnp.asarray(x, dtype)
     return jax.device_put(np.asarray(x, dtype))
 
@@ -488,7 +486,7 @@ def _run_epochs(
     history: dict[str, list[Any]] = {"loss": [], "accuracy": []}
     steps = [-(-int(c) // batch_size) for c in counts]
     length = max(1, -(-int(np.shape(rows)[-1]) // batch_size))
-    loop = _step_loop(_pure_step(train_step), int(batch_size), parallel.device_count(), stacked)
+    loop = _step_loop(_pure_step(train_step), int(batch_size), stacked)
     order_fn = _stacked_epoch_order if stacked else _epoch_order
     count_arg = jax.device_put(np.asarray(counts if stacked else counts[0], np.int32))
     # A chunk of steps per dispatch: the whole epoch, or a few steps when a display counts.
@@ -516,8 +514,8 @@ def _run_epochs(
                 count_arg,
                 lrs,
                 dropout_key,
-                jnp.asarray(bounds[0], jnp.int32),
-                jnp.asarray(bounds[1], jnp.int32),
+                _on_device(bounds[0], np.int32),
+                _on_device(bounds[1], np.int32),
             )
             totals.append(total)
             if on_step is not None:
@@ -657,12 +655,12 @@ def fit_stacked(
     return _run_epochs(
         state,
         train_step,
-        jnp.asarray(data_x),
-        jnp.asarray(data_y),
-        jnp.asarray(example_weight, jnp.float32),
-        jnp.asarray(rows_np),
-        jnp.asarray(index, jnp.int32),
-        jnp.asarray(keys),
+        _on_device(data_x),
+        _on_device(data_y),
+        _on_device(example_weight, jnp.float32),
+        _on_device(rows_np),
+        _on_device(index, jnp.int32),
+        _on_device(keys),
         [int(c) for c in counts],
         epochs=epochs,
         start_epoch=start_epoch,
