@@ -90,18 +90,16 @@ def __getattr__(name: str) -> Any:
 class _Timer:
     """Wall seconds per phase (after device work finishes) and XLA compilations."""
 
-    compilations = 0
-    _listening = False
+    _counter = None  # one CompileCounter, open for the rest of the process
 
     def __init__(self):
-        import jax
+        from alsa_jax import compilation
 
         self.seconds: dict[str, float] = {}
-        if not _Timer._listening:
-            jax.monitoring.register_event_duration_secs_listener(_count_compilation)
-            jax.monitoring.register_event_listener(_count_cache_hit)
-            _Timer._listening = True
-        self.start_compilations = _Timer.compilations
+        if _Timer._counter is None:
+            _Timer._counter = compilation.CompileCounter().__enter__()
+        # Programs loaded from the persistent compilation cache are not counted as compiled.
+        self.start_compilations = _Timer._counter.compiled
 
     def phase(self, name: str, fn: Callable[[], T]) -> T:
         import jax
@@ -113,19 +111,7 @@ class _Timer:
         return out
 
     def compiled(self) -> int:
-        return _Timer.compilations - self.start_compilations
-
-
-def _count_compilation(event: str, duration: float, **_: Any) -> None:
-    if event == "/jax/core/compile/backend_compile_duration":
-        _Timer.compilations += 1
-
-
-def _count_cache_hit(event: str, **_: Any) -> None:
-    # A program loaded from the persistent compilation cache is not compiled: its request
-    # (counted above) is taken back.
-    if event == "/jax/compilation_cache/cache_hits":
-        _Timer.compilations -= 1
+        return _Timer._counter.compiled - self.start_compilations
 
 
 _PHASE_NAMES = {
