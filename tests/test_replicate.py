@@ -228,6 +228,16 @@ def test_workdir_of_another_experiment_is_refused(reference_run):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
+def _one_line_error(args):
+    """Run the command line ``args``; it must exit 2 with exactly one non-empty line on
+    stderr, which is returned."""
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -244,36 +254,27 @@ def test_workdir_of_another_experiment_is_refused(reference_run):
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, extra, message):
-    args = cli(tmp_path / "w", *extra)
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], done.stderr
-    assert "\\" not in lines[0]  # no escaped quotes or newlines
+    line = _one_line_error(cli(tmp_path / "w", *extra))
+    assert message in line
+    assert "\\" not in line  # no escaped quotes or newlines
     assert not (tmp_path / "w").exists()
 
 
+def _replicate_with(config, workdir):
+    return [sys.executable, "-m", "launch.replicate", "--config", config, "--workdir", workdir]
+
+
 def test_cli_missing_config_lists_the_configs(tmp_path):
-    args = [sys.executable, "-m", "launch.replicate", "--config", "configs/nabird.py"]
-    done = subprocess.run(
-        [*args, "--workdir", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True
-    )
-    assert done.returncode == 2
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "configs/nabird.py does not exist" in lines[0]
-    assert "configs/nabirds.py" in lines[0] and "configs/digits.py" in lines[0]
-    assert "Errno" not in lines[0]
+    line = _one_line_error(_replicate_with("configs/nabird.py", str(tmp_path / "w")))
+    assert "configs/nabird.py does not exist" in line
+    assert "configs/nabirds.py" in line and "configs/digits.py" in line
+    assert "Errno" not in line
 
 
 def test_cli_unknown_config_argument_names_the_cause(tmp_path):
-    args = [sys.executable, "-m", "launch.replicate", "--config", "configs/mnist.py:bogus"]
-    done = subprocess.run(
-        [*args, "--workdir", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True
-    )
-    assert done.returncode == 2
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "config argument 'bogus' is not known" in lines[0], done.stderr
-    assert "Traceback" not in lines[0] and not (tmp_path / "w").exists()
+    line = _one_line_error(_replicate_with("configs/mnist.py:bogus", str(tmp_path / "w")))
+    assert "config argument 'bogus' is not known" in line
+    assert "Traceback" not in line and not (tmp_path / "w").exists()
 
 
 def test_cli_help_is_plain_text_and_exits_0():
