@@ -782,6 +782,14 @@ def _eval_input(exp: Experiment) -> Callable[[jax.Array], jax.Array] | None:
     return None if exp.transform is None else exp.transform.eval
 
 
+def _concatenate(*rows: jax.Array) -> jax.Array:
+    """Row indices end to end: on the host for concrete arrays (no program compiled), traced
+    under a transformation (the stacked seeds of :mod:`alsa_jax.seeds`)."""
+    if all(validation.is_concrete(r) for r in rows):
+        return np.concatenate([np.asarray(r) for r in rows])
+    return jnp.concatenate(rows)
+
+
 def predict(exp: Experiment, network: train.TrainState) -> Predictions:
     """One prediction pass over the source rows, the target sample and the test split."""
     batch_size = exp.options.train.eval_batch_size
@@ -808,7 +816,7 @@ def predict(exp: Experiment, network: train.TrainState) -> Predictions:
         exp.inference_model,
         network,
         exp.test_images,
-        index=np.concatenate([np.asarray(exp.target_rows), np.asarray(exp.test_rows)]),
+        index=_concatenate(exp.target_rows, exp.test_rows),
         batch_size=batch_size,
         input_fn=_eval_input(exp),
     )
@@ -840,6 +848,25 @@ def estimate(exp: Experiment, state: malls.RoundState, preds: Predictions) -> ma
     )
 
 
+def training_rows(
+    exp: Experiment, state: malls.RoundState, *, initial: bool
+) -> tuple[jax.Array, jax.Array]:
+    """The rows :func:`fit` trains on and their example weights, bool [n] and float [n]:
+    h0 the warm start at weight 1; a round every labeled row with its importance weight."""
+    ls = exp.options.label_shift
+    if initial:
+        rows = state.pool.warm
+        return rows, np.ones(np.shape(rows), np.float32)
+    example_weight = malls.training_weights(
+        state.pool,
+        exp.source_y,
+        class_weights(exp, state),
+        importance_weighting=ls.weighted_training,
+        all_labeled=ls.reweight_all_labeled,
+    )
+    return pool.training_mask(state.pool), example_weight
+
+
 def fit(
     exp: Experiment,
     state: malls.RoundState,
@@ -856,19 +883,8 @@ def fit(
     query-by-committee networks train instead, all in one vmapped step on the same batches.
     ``display`` shows the training live (epoch, examples per second, time left).
     """
-    ls, t = exp.options.label_shift, exp.options.train
-    if initial:
-        rows = state.pool.warm
-        example_weight = np.ones(rows.shape, np.float32)
-    else:
-        rows = pool.training_mask(state.pool)
-        example_weight = malls.training_weights(
-            state.pool,
-            exp.source_y,
-            class_weights(exp, state),
-            importance_weighting=ls.weighted_training,
-            all_labeled=ls.reweight_all_labeled,
-        )
+    t = exp.options.train
+    rows, example_weight = training_rows(exp, state, initial=initial)
     network = state.committee if committee else state.train
     fresh = train.fresh_optimizer(exp.tx, stacked=1 if committee else 0)(network)
     count = int(np.sum(np.asarray(rows)))

@@ -125,4 +125,7 @@ def get_config() -> ml_collections.ConfigDict:
     # beside each other (a run after the first loads its compiled programs); "none" = off.
     config.compilation_cache_dir = ""
     config.checkpoint_keep = 2  # round checkpoints kept in the workdir
+    # Seeds seed .. seed + N - 1 of this config trained and evaluated together (vmapped), seed
+    # k in <workdir>/seed<k>, each folder as a run of that seed alone leaves it.
+    config.num_parallel_seeds = 1
     return config

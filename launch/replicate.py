@@ -52,7 +52,12 @@ _PROGRESS = flags.DEFINE_enum(
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Config fields of this launcher, not of the experiment's computation.
-LAUNCHER_FIELDS = ("h0_cache_dir", "checkpoint_keep", "compilation_cache_dir")
+LAUNCHER_FIELDS = (
+    "h0_cache_dir",
+    "checkpoint_keep",
+    "compilation_cache_dir",
+    "num_parallel_seeds",
+)
 
 
 def _library():
@@ -69,6 +74,11 @@ def options_of(config: ml_collections.ConfigDict):
     keep = config.get("checkpoint_keep", 2)
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise experiment.ConfigError(f"checkpoint_keep must be an integer >= 1, got {keep!r}")
+    parallel = config.get("num_parallel_seeds", 1)
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise experiment.ConfigError(
+            f"num_parallel_seeds must be an integer >= 1 (1 = this seed alone), got {parallel!r}"
+        )
     cache = config.get("compilation_cache_dir", "")
     if not isinstance(cache, str):
         raise experiment.ConfigError(
@@ -170,6 +180,19 @@ def _finished(workdir: str, config_dict: dict, num_rounds: int) -> list[dict] | 
     return None
 
 
+def identity(config: ml_collections.ConfigDict, **changes: Any) -> dict[str, Any]:
+    """The config that owns a workdir (``experiment.json``), with ``changes`` applied.
+
+    Where compiled programs are cached and how many seeds run beside this one change
+    nothing in the run, so they are not part of it: a workdir made before those fields
+    existed, with another cache folder, or by a run of several seeds, resumes.
+    """
+    config_dict = {**config.to_dict(), **changes}
+    for name in ("compilation_cache_dir", "num_parallel_seeds"):
+        config_dict.pop(name, None)
+    return config_dict
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -186,9 +209,47 @@ def run(
     from alsa_jax import compilation
 
     options = options_of(config)
+    if config.get("num_parallel_seeds", 1) > 1:
+        _, experiment = _library()
+        raise experiment.ConfigError(
+            f"num_parallel_seeds={config.num_parallel_seeds} runs several seeds: call "
+            "run_seeds, which returns each seed's records"
+        )
     # Compiled programs go to (and come from) the cache folder during the run only.
     with compilation.persistent_cache(compilation_cache_dir(config, workdir)):
         return _run(config, options, workdir, verbose, stop_after_round, progress_mode)
+
+
+def seed_workdir(workdir: str, seed: int) -> str:
+    """Where seed ``seed`` of a run of several seeds lives: ``<workdir>/seed<seed>``."""
+    return os.path.join(workdir, f"seed{seed}")
+
+
+def run_seeds(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    verbose: bool = True,
+    stop_after_round: int | None = None,
+    progress_mode: str = "never",
+) -> dict[int, list[dict[str, Any]]]:
+    """Run (or resume) seeds ``config.seed .. config.seed + num_parallel_seeds - 1`` of
+    ``config`` together (:mod:`alsa_jax.seeds`); returns each seed's round records.
+
+    Seed k's checkpoints, results and TensorBoard events go to ``<workdir>/seed<k>``,
+    exactly as a run of that seed alone (``--config.seed=k --workdir <workdir>/seed<k>``)
+    leaves them, so either resumes the other and reports read them as separate runs; h0
+    and compiled programs are cached in ``<workdir>/h0_cache`` and
+    ``<workdir>/compilation_cache`` unless the config names other folders. Each record's
+    ``seconds_<phase>`` are the seconds of that phase for all the seeds together.
+    """
+    from alsa_jax import compilation
+
+    options = options_of(config)
+    seeds = [options.seed + i for i in range(config.get("num_parallel_seeds", 1))]
+    first = seed_workdir(workdir, seeds[0])
+    with compilation.persistent_cache(compilation_cache_dir(config, first)):
+        return _run_seeds(config, options, workdir, seeds, verbose, stop_after_round, progress_mode)
 
 
 def _run(config, options, workdir, verbose, stop_after_round, progress_mode):
@@ -198,24 +259,14 @@ def _run(config, options, workdir, verbose, stop_after_round, progress_mode):
     checkpoint, experiment = _library()
     say = print if verbose else (lambda *a, **k: None)
     warn = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
-    config_dict = config.to_dict()
-    # Where compiled programs are cached changes nothing in the run: not part of its identity
-    # (a workdir made before the field existed, or with another cache folder, resumes).
-    config_dict.pop("compilation_cache_dir", None)
+    config_dict = identity(config)
     done = _finished(workdir, config_dict, options.query.num_batches)
     if done is not None:
         say(f"{workdir}: the run is complete ({options.query.num_batches} rounds)")
         say(summary(done[-1]))
         return done
     exp = experiment.setup(options)  # bad values surface as one line, before any write
-    try:
-        checkpoint.claim_workdir(workdir, config_dict)
-    except checkpoint.CheckpointError:
-        raise
-    except OSError as error:  # e.g. --workdir names a file
-        raise experiment.ConfigError(
-            f"--workdir={workdir} cannot hold a run: {error.strerror}"
-        ) from None
+    _claim(workdir, config_dict)
     display = progress.Progress(progress_mode)
     manager = checkpoint.RoundCheckpointer(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint_keep
@@ -275,6 +326,25 @@ def _run(config, options, workdir, verbose, stop_after_round, progress_mode):
     return history
 
 
+def _claim(workdir: str, config_dict: dict[str, Any]) -> None:
+    """Make ``workdir`` this experiment's (or refuse it) as a one-line error."""
+    checkpoint, experiment = _library()
+    try:
+        checkpoint.claim_workdir(workdir, config_dict)
+    except checkpoint.CheckpointError:
+        raise
+    except OSError as error:  # e.g. --workdir names a file
+        raise experiment.ConfigError(
+            f"--workdir={workdir} cannot hold a run: {error.strerror}"
+        ) from None
+
+
+def _h0_cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    return config.h0_cache_dir or os.path.join(
+        os.path.dirname(os.path.abspath(workdir)), "h0_cache"
+    )
+
+
 def compilation_cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str | None:
     """The folder of JAX's persistent compilation cache for this run, or None (``"none"``)."""
     path = config.get("compilation_cache_dir", "")
@@ -287,9 +357,7 @@ def _round_zero(exp, state, config, workdir, say, warn, display):
     """h0 (from the cache shared by runs beside each other, or trained), then round 0."""
     checkpoint, experiment = _library()
     timer = _Timer()
-    cache_dir = config.h0_cache_dir or os.path.join(
-        os.path.dirname(os.path.abspath(workdir)), "h0_cache"
-    )
+    cache_dir = _h0_cache_dir(config, workdir)
     key = experiment.h0_key(exp.options)
     cached = checkpoint.load_h0(cache_dir, key, state.train, on_corrupt=warn)
     if cached is not None:
@@ -311,6 +379,182 @@ def _round_zero(exp, state, config, workdir, say, warn, display):
         )
     state, preds, arrays = experiment.initial_round(exp, state, phase=timer.phase)
     return state, preds, _record(0, arrays, timer, h0_cache_hit=cached is not None)
+
+
+# ---------------------------------------------------------------------------------------
+# Several seeds together.
+
+
+def _seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """``config`` as the run of ``seed`` alone."""
+    single = ml_collections.ConfigDict(config.to_dict())
+    single.seed = seed
+    single.num_parallel_seeds = 1
+    return single
+
+
+def _run_seeds(config, options, workdir, seed_list, verbose, stop_after_round, progress_mode):
+    import dataclasses
+
+    import jax
+
+    from alsa_jax import logging as results_log
+    from alsa_jax import progress
+    from alsa_jax import seeds as stacked
+
+    checkpoint, experiment = _library()
+    say = print if verbose else (lambda *a, **k: None)
+    warn = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
+    num_rounds = options.query.num_batches
+    dirs = [seed_workdir(workdir, s) for s in seed_list]
+    dicts = [identity(config, seed=s) for s in seed_list]
+    names = f"seeds {seed_list[0]}..{seed_list[-1]}"
+    done = [_finished(d, c, num_rounds) for d, c in zip(dirs, dicts, strict=True)]
+    if all(history is not None for history in done):
+        say(f"{workdir}: the runs of {names} are complete ({num_rounds} rounds)")
+        for seed, history in zip(seed_list, done, strict=True):
+            say(f"seed {seed} | {summary(history[-1])}")
+        return dict(zip(seed_list, done, strict=True))
+    runs = stacked.setup(options, seed_list)  # bad values surface as one line, before writes
+    for d, c in zip(dirs, dicts, strict=True):
+        _claim(d, c)
+    display = progress.Progress(progress_mode)
+    managers = [
+        checkpoint.RoundCheckpointer(os.path.join(d, "checkpoints"), keep=config.checkpoint_keep)
+        for d in dirs
+    ]
+    state = stacked.initial_state(runs)
+    likes = [stacked.take(state, i) for i in range(len(seed_list))]
+    latest = [m.latest_round() for m in managers]
+    if any(r is not None for r in latest):
+        # A run stopped while saving its seeds' checkpoints one after another (or a seed
+        # run alone further): the seeds behind catch up alone, then all go on together.
+        ahead = max(r for r in latest if r is not None)
+        if stop_after_round is not None:
+            ahead = min(ahead, stop_after_round)
+        for i, seed in enumerate(seed_list):
+            if latest[i] is None or latest[i] < ahead:
+                say(f"seed {seed}: catching up to round {ahead} alone")
+                single = dataclasses.replace(options, seed=seed)
+                _run(
+                    _seed_config(config, seed),
+                    single,
+                    dirs[i],
+                    verbose,
+                    ahead,
+                    progress_mode,
+                )
+                managers[i].close()
+                managers[i] = checkpoint.RoundCheckpointer(
+                    os.path.join(dirs[i], "checkpoints"), keep=config.checkpoint_keep
+                )
+        restored = []
+        for i, (seed, manager) in enumerate(zip(seed_list, managers, strict=True)):
+            round_index, seed_state, history, skipped = manager.restore_latest(likes[i])
+            for r, reason in skipped:
+                warn(f"seed {seed}: skipped the checkpoint of round {r}: {reason}")
+            results_log.write_results(dirs[i], dicts[i], history)
+            restored.append((round_index, seed_state, history))
+        rounds = {r for r, _, _ in restored}
+        if len(rounds) > 1:  # stop_after_round below a seed's own progress: nothing to run
+            return {s: h for s, (_, _, h) in zip(seed_list, restored, strict=True)}
+        (latest_round,) = rounds
+        state = stacked.stack([s for _, s, _ in restored])
+        histories = [h for _, _, h in restored]
+        say(f"resuming {workdir} ({names}) after round {latest_round}")
+        preds = stacked.predict(runs, state.train)
+    else:
+        state, preds, records = _round_zero_seeds(runs, state, config, workdir, say, warn, display)
+        histories = [[record] for record in records]
+        for i in range(len(seed_list)):
+            managers[i].save(0, stacked.take(state, i), histories[i])
+            results_log.write_results(dirs[i], dicts[i], histories[i])
+            say(f"seed {seed_list[i]} | {summary(records[i])}")
+        latest_round = 0
+
+    writers = [
+        results_log.RunWriter(
+            d,
+            run_name=results_log.run_name(c),
+            hparams=results_log.hparams(c),
+            class_names=runs.template.class_names or None,
+        )
+        for d, c in zip(dirs, dicts, strict=True)
+    ]
+    for writer, history in zip(writers, histories, strict=True):
+        for record in history:  # idempotent, as in a single run
+            writer.write(record)
+    q = options.query
+    if latest_round < q.num_batches:
+        budgets = ", ".join(str(e.budget) for e in runs.experiments)
+        say(
+            f"rounds {latest_round + 1}..{q.num_batches} of {names} together: {q.strategy}, "
+            f"{budgets} labels a round, diversify={q.diversify}"
+        )
+    for r in range(latest_round + 1, q.num_batches + 1):
+        if stop_after_round is not None and r > stop_after_round:
+            break
+        timer = _Timer()
+        state, preds, arrays = stacked.run_round(
+            runs, state, preds, r, phase=timer.phase, display=display
+        )
+        host = jax.device_get(arrays)
+        for i, seed in enumerate(seed_list):
+            record = _record(r, {name: v[i] for name, v in host.items()}, timer)
+            histories[i].append(record)
+            managers[i].save(r, stacked.take(state, i), histories[i])
+            results_log.write_results(dirs[i], dicts[i], histories[i])
+            writers[i].write(record)
+            say(f"seed {seed} | {summary(record)}")
+    for writer, manager in zip(writers, managers, strict=True):
+        writer.close()
+        manager.close()
+    return dict(zip(seed_list, histories, strict=True))
+
+
+def _round_zero_seeds(runs, state, config, workdir, say, warn, display):
+    """Every seed's h0 (from the shared cache, or trained together), then round 0."""
+    import jax
+
+    from alsa_jax import seeds as stacked
+
+    checkpoint, experiment = _library()
+    timer = _Timer()
+    cache_dir = _h0_cache_dir(config, seed_workdir(workdir, runs.seeds[0]))
+    keys = [experiment.h0_key(exp.options) for exp in runs.experiments]
+    cached = [
+        checkpoint.load_h0(cache_dir, key, stacked.take(state.train, i), on_corrupt=warn)
+        for i, key in enumerate(keys)
+    ]
+    hits = [network is not None for network in cached]
+    if all(hits):
+        say(f"h0: loaded the {len(runs)} seeds' networks from {cache_dir}")
+        timer.seconds["seconds_h0"] = 0.0
+    else:
+        warm = ", ".join(str(int(w)) for w in jax.device_get(state.pool.warm).sum(axis=1))
+        say(
+            f"h0: training {runs.options.train.initial_epochs} epochs on {warm} warm-start "
+            f"rows ({len(runs)} seeds together)"
+        )
+        trained = timer.phase("h0", lambda: stacked.train_initial(runs, state, display=display))
+        for i, key in enumerate(keys):
+            if cached[i] is None:
+                cached[i] = stacked.take(trained, i)
+                checkpoint.save_h0(cache_dir, key, cached[i])
+    state = state.replace(train=stacked.stack(cached))
+    if state.committee is not None:
+        say(f"committee: training {runs.options.query.committee_size} networks per seed")
+        state = timer.phase(
+            "committee",
+            lambda: stacked.train_committee(runs, state, initial=True, display=display),
+        )
+    state, preds, arrays = stacked.initial_round(runs, state, phase=timer.phase)
+    host = jax.device_get(arrays)
+    records = [
+        _record(0, {name: v[i] for name, v in host.items()}, timer, h0_cache_hit=hits[i])
+        for i in range(len(runs))
+    ]
+    return state, preds, records
 
 
 # ---------------------------------------------------------------------------------------
@@ -345,7 +589,9 @@ def main(argv: list[str]) -> None:
     )
     checkpoint, experiment = _library()
     try:
-        run(_CONFIG.value, _WORKDIR.value, progress_mode=_PROGRESS.value)
+        config = _CONFIG.value
+        runner = run_seeds if config.get("num_parallel_seeds", 1) > 1 else run
+        runner(config, _WORKDIR.value, progress_mode=_PROGRESS.value)
     except (experiment.ConfigError, checkpoint.CheckpointError) as error:
         # A failed write can leave Orbax's write tasks unawaited or their exceptions
         # unretrieved; asyncio would log each when it is collected, after the one line.
