@@ -1,9 +1,10 @@
-"""Several seeds of one experiment as one computation (``num_parallel_seeds``).
+"""Several seeds of one experiment run together (``num_parallel_seeds``).
 
 Runs of one config that differ only in ``seed`` have the same shapes: as many source,
 target and test rows, one model, one optimizer. :func:`setup` cuts every seed's splits and
 stacks their arrays on a leading seed axis [S, ...] (the example stores are shared), and
-each step of a round then runs once for all seeds, mirroring :mod:`alsa_jax.experiment`::
+the round state of all seeds is one stacked pytree that the functions here advance
+together, mirroring :mod:`alsa_jax.experiment`::
 
     runs = seeds.setup(options, [0, 1, 2, 3])
     state = seeds.initial_state(runs)                    # stacked RoundState [S, ...]
@@ -14,14 +15,17 @@ each step of a round then runs once for all seeds, mirroring :mod:`alsa_jax.expe
         state, preds, record = seeds.run_round(runs, state, preds, r)
     seeds.take(record, 2)                                # seed 2's record
 
-Training runs as one vmapped epoch loop (:func:`alsa_jax.train.fit_stacked`: each seed
-its own batches, learning rates and number of steps); prediction, the weight estimate,
-the reveal and the evaluation are vmapped and jitted, one program each for all seeds. The
-query runs seed by seed, because a seed's budget (labels per round) is a static count
-that follows from its own pool (``query.sample_prop`` of its distinct examples), and
-query strategies take it as such. Seed ``s`` computes what the same functions of
-:mod:`alsa_jax.experiment` compute for that seed alone, up to float rounding (batched
-matrix products may round differently).
+Training, the dominant cost, runs as one vmapped epoch loop
+(:func:`alsa_jax.train.fit_stacked`: each seed its own batches, learning rates and number
+of steps), and the reveal as one vmapped program. Prediction, the weight estimate, the
+query and the evaluation run seed by seed (:func:`each_seed`), each exactly as for that seed
+alone: batched over seeds, XLA's CPU convolutions ran 7x slower than the seeds in turn (4
+seeds of the MNIST CNN on 28x28 images); a vmapped estimate that iterates to a tolerance
+(BCTS calibration by L-BFGS, then EM) rounds its way to weights a few percent away from the
+seed's own; and a seed's budget (labels per round) is a static count that follows from its
+own pool (``query.sample_prop`` of its distinct examples), which query strategies take as
+such. Seed ``s`` computes what the same functions of :mod:`alsa_jax.experiment` compute
+for that seed alone, up to the float rounding of the vmapped training.
 """
 
 from __future__ import annotations
@@ -251,35 +255,38 @@ def train_committee(
     return state.replace(committee=committee)
 
 
+def each_seed(runs: Seeds, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(exp, *args)`` for each seed in turn on its own slice of ``args`` (stacked pytrees,
+    [S, ...]), the results stacked: each seed's result is exactly what ``fn`` gives for that
+    seed alone."""
+    return stack([fn(exp, *take(args, s)) for s, exp in enumerate(runs.experiments)])
+
+
 def predict(runs: Seeds, networks: train.TrainState) -> experiment.Predictions:
-    """Every seed's :func:`alsa_jax.experiment.predict` (networks [S, ...]), one program."""
-    return runs.vmapped(experiment.predict)(networks)
+    """Every seed's :func:`alsa_jax.experiment.predict` (networks [S, ...]), stacked."""
+    return each_seed(runs, experiment.predict, networks)
 
 
 def estimate(
     runs: Seeds, state: malls.RoundState, preds: experiment.Predictions
 ) -> malls.WeightEstimate:
-    """Every seed's :func:`alsa_jax.experiment.estimate`, one program."""
-    return runs.vmapped(experiment.estimate)(state, preds)
+    """Every seed's :func:`alsa_jax.experiment.estimate`, stacked."""
+    return each_seed(runs, experiment.estimate, state, preds)
 
 
 def evaluate(
     runs: Seeds, state: malls.RoundState, preds: experiment.Predictions
 ) -> dict[str, jax.Array]:
-    """Every seed's :func:`alsa_jax.experiment.evaluate` (each value [S, ...]), one program."""
-    return runs.vmapped(experiment.evaluate)(state, preds)
+    """Every seed's :func:`alsa_jax.experiment.evaluate` (each value [S, ...]), stacked."""
+    return each_seed(runs, experiment.evaluate, state, preds)
 
 
 def query(
     runs: Seeds, state: malls.RoundState, preds: experiment.Predictions, keys: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Every seed's :func:`alsa_jax.experiment.query` with its own budget, seed by seed:
+    """Every seed's :func:`alsa_jax.experiment.query` with its own budget:
     (chosen, query_weight, offered), each [S, n]."""
-    picks = [
-        experiment.query(exp, take(state, s), take(preds, s), take(keys, s))
-        for s, exp in enumerate(runs.experiments)
-    ]
-    return stack(picks)
+    return each_seed(runs, experiment.query, state, preds, keys)
 
 
 def _reveal(exp, pool_state, chosen, round_index, query_weight, offered):

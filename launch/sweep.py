@@ -186,6 +186,12 @@ def resolve_runs(
             options = replicate.options_of(config)
         except (experiment.ConfigError, flags.Error, ValueError, TypeError, KeyError) as error:
             raise sweeps.SweepError(f"sweep run {run.name}: {_one_line(error)}") from None
+        if config.num_parallel_seeds != 1:
+            raise sweeps.SweepError(
+                f"sweep run {run.name}: num_parallel_seeds={config.num_parallel_seeds} would run "
+                "several seeds inside one run's folder; a sweep gives each seed its own run "
+                "(list the seeds in the sweep file)"
+            )
         group = checkpoint.fingerprint(experiment.h0_key(options))
         config_dict = json.loads(json.dumps(config.to_dict()))
         resolved.append(Resolved(run, run_overrides, config_dict, group))

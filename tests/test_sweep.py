@@ -197,6 +197,7 @@ def run_main(capsys, *args):
         ({"train.optimizer": "adamm"}, "sweep run maxent/target0.6/seed0: train.optimizer="),
         ({"shift.dataset_cap": "many"}, "sweep run maxent/target0.6/seed0: "),
         ({"query.sample_prop": 2.0}, "query.sample_prop"),
+        ({"num_parallel_seeds": 2}, "num_parallel_seeds=2 would run several seeds"),
     ],
 )
 def test_unknown_field_or_value_names_the_run(tmp_path, capsys, common, message):
