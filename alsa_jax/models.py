@@ -271,6 +271,16 @@ class CNN(nn.Module):
 _TRAIN_CHUNK_BYTES = 10 * 2**20
 
 
+def automatic_train_chunk(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """The chunk (images) that ``train_chunk=-1`` picks for ``model`` on inputs of
+    ``input_shape`` (one image) on this backend (batches of fewer than two chunks train
+    whole); 0 where it trains whole batches, or for a model without chunks."""
+    if getattr(model, "train_chunk", None) is None:
+        return 0
+    example = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    return _cnn_train_chunk(-1, model.conv_impl, example)
+
+
 def _cnn_train_chunk(train_chunk: int, impl: str, x: jax.Array) -> int:
     if train_chunk >= 0:
         return train_chunk

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from alsa_jax import experiment, seeds
+from alsa_jax import data, experiment, models, seeds
 from launch import replicate, report
 from tests.test_replicate import ROOT, TIMING, _one_line_error, cli, small_config
 
@@ -210,3 +210,21 @@ def test_seeds_together_on_eight_devices_match_one_device(two_seeds, tmp_path):
     sharded = json.loads(done.stdout.strip().splitlines()[-1])
     for seed in (0, 1):
         _assert_records_close(reference[seed], sharded[str(seed)])
+
+
+def _images28(seed=0, n=600):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 10
+    x = rng.random((n, 28, 28, 1), np.float32)
+    return data.Dataset("npz", x, y.astype(np.int32), x[: n // 2], y[: n // 2], 10)
+
+
+@pytest.mark.parametrize("train_chunk, expected", [(-1, 4), (0, 0), (8, 8)])
+def test_a_cnns_automatic_chunks_shrink_with_the_seeds_trained_together(train_chunk, expected):
+    # Alone, automatic chunks of 28x28 images hold 16 (on CPU); 4 seeds vmapped together
+    # train in chunks of 4 images per seed, 16 in all. A chunk set by hand is kept.
+    options = _options(**{"model.name": "cnn", "model.train_chunk": train_chunk})
+    alone = experiment.setup(options, dataset=_images28())
+    assert models.automatic_train_chunk(alone.model, alone.input_shape) == 16
+    runs = seeds.setup(options, [0, 1, 2, 3], dataset=_images28())
+    assert {exp.model.train_chunk for exp in runs.experiments} == {expected}
