@@ -66,17 +66,12 @@ def _assert_records_close(alone, together):
     "overrides",
     [
         {},  # MALLS: RLLS, max-entropy on the medial distribution, importance weighting
+        # Stacked committees, and a reveal with IWAL's offered rows and 1/p weights; the
+        # other phases are each seed's own functions.
         {"query.strategy": "qbc", "label_shift.estimator": "mlls"},
-        {
-            "query.strategy": "badge",
-            "label_shift.estimator": "bbse",
-            "label_shift.importance_weighting": False,
-            "label_shift.posterior_correction_scoring": True,
-            "label_shift.posterior_correction_eval": True,
-        },
         {"query.strategy": "iwal", "query.diversify": "none", "label_shift.estimator": "oracle"},
     ],
-    ids=["malls", "qbc-mlls", "badge-bbse-corrected", "iwal-oracle"],
+    ids=["malls", "qbc-mlls", "iwal-oracle"],
 )
 def test_seeds_together_equal_each_seed_alone(overrides):
     options = _options(**overrides)
