@@ -13,7 +13,7 @@ together, mirroring :mod:`alsa_jax.experiment`::
     state, preds, record = seeds.initial_round(runs, state)
     for r in range(1, options.query.num_batches + 1):
         state, preds, record = seeds.run_round(runs, state, preds, r)
-    seeds.take(record, 2)                                # seed 2's record
+    seeds.take(record, 2)                                # the record of seed 2 (index 2)
 
 Training, the dominant cost, runs as one vmapped epoch loop
 (:func:`alsa_jax.train.fit_stacked`: each seed its own batches, learning rates and number
@@ -70,7 +70,14 @@ def _take(tree: Any, index: jax.Array) -> Any:
 
 
 def take(tree: Any, index: int) -> Any:
-    """Seed ``index``'s slice of a stacked pytree (a state, predictions or a record)."""
+    """The ``index``-th seed's slice of a stacked pytree (a state, predictions or a record):
+    the position in ``Seeds.seeds``, not the seed itself."""
+    leaves = jax.tree.leaves(tree)
+    count = np.shape(leaves[0])[0] if leaves and np.ndim(leaves[0]) else 0
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"index must be an int (a position among the seeds), got {index!r}")
+    if not 0 <= index < count:
+        raise IndexError(f"index {index} is out of range for {count} stacked seeds")
     return _take(tree, jax.device_put(np.int32(index)))
 
 
@@ -136,6 +143,8 @@ def setup(
     chunks of 16 images per seed, 4 seeds of the MNIST CNN trained at 879 images/s on 2 CPU
     cores; in chunks of 4, at 1,097; one seed alone at 1,264). Chunks change the float
     rounding only."""
+    if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in seeds):
+        raise experiment.ConfigError(f"seeds must be integers, got {list(seeds)!r}")
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise experiment.ConfigError("num_parallel_seeds must be >= 1")

@@ -151,6 +151,13 @@ def summary(record: dict[str, Any]) -> str:
     )
 
 
+def _spread(q: Any) -> str:
+    """How the query options spread a round's budget, as the round header says it."""
+    if q.diversify == "medial":
+        return f"diversify=medial (medial_lambda={q.lambda_})"
+    return f"diversify={q.diversify}"
+
+
 def _record(r: int, arrays: dict[str, Any], timer: _Timer, **extra: Any) -> dict[str, Any]:
     """A round's record as plain Python: the round first, then metrics, timing."""
     import jax
@@ -238,17 +245,17 @@ def run_seeds(
 
     Seed k's checkpoints, results and TensorBoard events go to ``<workdir>/seed<k>``,
     exactly as a run of that seed alone (``--config.seed=k --workdir <workdir>/seed<k>``)
-    leaves them, so either resumes the other and reports read them as separate runs; h0
-    and compiled programs are cached in ``<workdir>/h0_cache`` and
-    ``<workdir>/compilation_cache`` unless the config names other folders. Each record's
-    ``seconds_<phase>`` are the seconds of that phase for all the seeds together.
+    leaves them, so either resumes the other and reports read them as separate runs. Each
+    record's ``seconds_<phase>`` are the seconds of that phase for all the seeds together. h0 and
+    compiled programs are cached beside ``workdir`` (``<workdir>/../h0_cache``,
+    ``<workdir>/../compilation_cache``) as for a single run, unless the config names other
+    folders.
     """
     from alsa_jax import compilation
 
     options = options_of(config)
     seeds = [options.seed + i for i in range(config.get("num_parallel_seeds", 1))]
-    first = seed_workdir(workdir, seeds[0])
-    with compilation.persistent_cache(compilation_cache_dir(config, first)):
+    with compilation.persistent_cache(compilation_cache_dir(config, workdir)):
         return _run_seeds(config, options, workdir, seeds, verbose, stop_after_round, progress_mode)
 
 
@@ -260,6 +267,13 @@ def _run(config, options, workdir, verbose, stop_after_round, progress_mode):
     say = print if verbose else (lambda *a, **k: None)
     warn = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
     config_dict = identity(config)
+    together = sorted(glob.glob(os.path.join(workdir, "seed*", "experiment.json")))
+    if together:
+        raise experiment.ConfigError(
+            f"--workdir={workdir} holds seeds run together ({os.path.dirname(together[0])}, ...); "
+            "resume them with --config.num_parallel_seeds, or run one seed in its own folder "
+            "(e.g. --workdir <workdir>/seed<k>)"
+        )
     done = _finished(workdir, config_dict, options.query.num_batches)
     if done is not None:
         say(f"{workdir}: the run is complete ({options.query.num_batches} rounds)")
@@ -299,13 +313,10 @@ def _run(config, options, workdir, verbose, stop_after_round, progress_mode):
     for record in history:  # a crash may have come before some rounds' events: idempotent
         writer.write(record)
     q = options.query
-    spread = f"diversify={q.diversify}"
-    if q.diversify == "medial":
-        spread += f" (medial_lambda={q.lambda_})"
     if latest < q.num_batches:
         say(
             f"rounds {latest + 1}..{q.num_batches}: {q.strategy}, "
-            f"{exp.budget} labels a round, {spread}"
+            f"{exp.budget} labels a round, {_spread(q)}"
         )
 
     for r in range(latest + 1, q.num_batches + 1):
@@ -415,6 +426,11 @@ def _run_seeds(config, options, workdir, seed_list, verbose, stop_after_round, p
         for seed, history in zip(seed_list, done, strict=True):
             say(f"seed {seed} | {summary(history[-1])}")
         return dict(zip(seed_list, done, strict=True))
+    if os.path.exists(os.path.join(workdir, "experiment.json")):
+        raise experiment.ConfigError(
+            f"--workdir={workdir} holds a run of one seed; give the seeds together a folder "
+            "of their own (each seed goes to <workdir>/seed<k>)"
+        )
     runs = stacked.setup(options, seed_list)  # bad values surface as one line, before writes
     for d, c in zip(dirs, dicts, strict=True):
         _claim(d, c)
@@ -489,7 +505,7 @@ def _run_seeds(config, options, workdir, seed_list, verbose, stop_after_round, p
         budgets = ", ".join(str(e.budget) for e in runs.experiments)
         say(
             f"rounds {latest_round + 1}..{q.num_batches} of {names} together: {q.strategy}, "
-            f"{budgets} labels a round, diversify={q.diversify}"
+            f"{budgets} labels a round, {_spread(q)}"
         )
     for r in range(latest_round + 1, q.num_batches + 1):
         if stop_after_round is not None and r > stop_after_round:
@@ -520,7 +536,7 @@ def _round_zero_seeds(runs, state, config, workdir, say, warn, display):
 
     checkpoint, experiment = _library()
     timer = _Timer()
-    cache_dir = _h0_cache_dir(config, seed_workdir(workdir, runs.seeds[0]))
+    cache_dir = _h0_cache_dir(config, workdir)
     keys = [experiment.h0_key(exp.options) for exp in runs.experiments]
     cached = [
         checkpoint.load_h0(cache_dir, key, stacked.take(state.train, i), on_corrupt=warn)

@@ -140,9 +140,10 @@ def test_run_seeds_leaves_each_seed_as_a_run_of_its_own(two_seeds, tmp_path, cap
         again = replicate.run(small_config(seed=seed), seed_dir)
         assert "the run is complete" in capsys.readouterr().out
         assert again == histories[seed]
-    # h0 and compiled programs are shared under the workdir; nothing compiles after round 1.
-    assert len(os.listdir(os.path.join(workdir, "h0_cache"))) == 2
-    assert os.path.isdir(os.path.join(workdir, "compilation_cache"))
+    # h0 and compiled programs are cached beside the workdir, as for a single run; nothing
+    # compiles after round 1.
+    assert len(os.listdir(os.path.join(os.path.dirname(workdir), "h0_cache"))) == 2
+    assert os.path.isdir(os.path.join(os.path.dirname(workdir), "compilation_cache"))
     assert all(r["compilations"] == 0 for r in histories[0][2:])
     reported = report.load_runs(os.path.dirname(os.path.dirname(workdir)))
     assert [(r.method, r.shift, r.seed) for r in reported] == [
@@ -167,6 +168,25 @@ def test_run_seeds_resumes_and_a_seed_behind_catches_up(two_seeds, tmp_path, cap
     assert "resuming" in out
     for seed in (0, 1):
         _assert_records_close(reference[seed], resumed[seed])
+
+
+def test_a_workdir_of_the_other_layout_is_refused(two_seeds):
+    workdir, _ = two_seeds
+    with pytest.raises(experiment.ConfigError, match="holds seeds run together"):
+        replicate.run(small_config(), workdir, verbose=False)
+    with pytest.raises(experiment.ConfigError, match="holds a run of one seed"):
+        replicate.run_seeds(
+            small_config(num_parallel_seeds=2), replicate.seed_workdir(workdir, 0), verbose=False
+        )
+
+
+def test_take_is_by_position_and_checked():
+    stacked = {"a": np.arange(6).reshape(3, 2)}
+    np.testing.assert_array_equal(seeds.take(stacked, 2)["a"], [4, 5])
+    with pytest.raises(IndexError, match="index 3 is out of range for 3 stacked seeds"):
+        seeds.take(stacked, 3)
+    with pytest.raises(experiment.ConfigError, match="seeds must be integers"):
+        seeds.setup(_options(), [0, 1.5])
 
 
 def test_num_parallel_seeds_is_checked(tmp_path):
