@@ -10,13 +10,14 @@ import pytest
 
 from alsa_jax import acquisition, experiment, label_shift, malls, pool, selection, train
 from configs import base
+from launch import replicate
 from tests.test_replicate import small_config
 
 
 def options(**overrides):
     return experiment.Options.from_config(
         small_config(**overrides),
-        ignore=("h0_cache_dir", "checkpoint_keep", "compilation_cache_dir"),
+        ignore=replicate.LAUNCHER_FIELDS,
     )
 
 
@@ -35,7 +36,7 @@ def test_options_mirror_the_base_config():
     for section, cls in experiment._SECTIONS.items():
         assert {f.name for f in dataclasses.fields(cls)} == set(config[section].keys()), section
     top = {f.name for f in dataclasses.fields(experiment.Options)}
-    assert top | {"h0_cache_dir", "checkpoint_keep", "compilation_cache_dir"} == set(config.keys())
+    assert top | set(replicate.LAUNCHER_FIELDS) == set(config.keys())
 
 
 def test_unknown_and_missing_fields_are_named():
@@ -45,15 +46,11 @@ def test_unknown_and_missing_fields_are_named():
     with pytest.raises(
         experiment.ConfigError, match="'query.stratgy'.*did you mean 'query.strategy'"
     ):
-        experiment.Options.from_config(
-            typo, ignore=("h0_cache_dir", "checkpoint_keep", "compilation_cache_dir")
-        )
+        experiment.Options.from_config(typo, ignore=replicate.LAUNCHER_FIELDS)
     missing = small_config().to_dict()
     del missing["train"]["momentum"]
     with pytest.raises(experiment.ConfigError, match="train.momentum"):
-        experiment.Options.from_config(
-            missing, ignore=("h0_cache_dir", "checkpoint_keep", "compilation_cache_dir")
-        )
+        experiment.Options.from_config(missing, ignore=replicate.LAUNCHER_FIELDS)
 
 
 def _split_options(**changes):
