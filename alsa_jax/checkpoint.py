@@ -31,7 +31,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from alsa_jax import parallel
 
 
 class CheckpointError(ValueError):
@@ -79,7 +83,8 @@ def claim_workdir(workdir: str, experiment: dict) -> None:
     """Record ``experiment`` (the config as a dict) in ``workdir/experiment.json``.
 
     A workdir already holding another experiment raises :class:`ExperimentMismatchError`
-    naming the first differing fields; nothing in it is touched.
+    naming the first differing fields; nothing in it is touched. With several processes
+    (one workdir shared by all) each of them checks and process 0 writes.
     """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "experiment.json")
@@ -101,7 +106,8 @@ def claim_workdir(workdir: str, experiment: dict) -> None:
         raise ExperimentMismatchError(
             f"--workdir={workdir} holds checkpoints without experiment.json; use a new --workdir"
         )
-    atomic_write_text(path, json.dumps(current, indent=2, sort_keys=True))
+    if jax.process_index() == 0:
+        atomic_write_text(path, json.dumps(current, indent=2, sort_keys=True))
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -391,6 +397,15 @@ def h0_path(cache_dir: str, key: dict) -> str:
     return os.path.join(os.path.abspath(cache_dir), fingerprint(key))
 
 
+def _h0_checkpointer() -> ocp.StandardCheckpointer:
+    """Orbax's checkpointer for the h0 cache; with several processes, process 0's alone (the
+    others neither read nor write the cache, nor wait in Orbax's barriers)."""
+    if jax.process_count() == 1:
+        return ocp.StandardCheckpointer()
+    only_first = ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0})
+    return ocp.StandardCheckpointer(multiprocessing_options=only_first)
+
+
 def load_h0(
     cache_dir: str, key: dict, like: Any, *, on_corrupt: Callable[[str], None] | None = None
 ) -> Any | None:
@@ -399,18 +414,39 @@ def load_h0(
     A cache entry that does not restore (files cut short, a ``key.json`` that is not this
     key) is removed and None returned, so that h0 is trained again and stored afresh by
     :func:`save_h0`; ``on_corrupt`` then receives a one-line message saying so.
+
+    With several processes (``like`` replicated over all their devices), process 0 reads
+    the cache and sends what it found to the others (``multihost_utils.
+    broadcast_one_to_all``), so every process takes the same branch even while another run
+    writes the same entry; every process must call this.
     """
+    if jax.process_count() == 1:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        return _restore_h0(cache_dir, key, abstract, on_corrupt)
+    host_like = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), like)
+    found = None
+    if jax.process_index() == 0:
+        found = _restore_h0(cache_dir, key, host_like, on_corrupt)
+    if not multihost_utils.broadcast_one_to_all(np.asarray(found is not None)):
+        return None
+    state = multihost_utils.broadcast_one_to_all(host_like if found is None else found)
+    return jax.device_put(state, jax.tree.map(lambda leaf: leaf.sharding, like))
+
+
+def _restore_h0(
+    cache_dir: str, key: dict, target: Any, on_corrupt: Callable[[str], None] | None
+) -> Any | None:
+    """:func:`load_h0` in one process: ``target`` is an abstract tree or NumPy arrays."""
     path = h0_path(cache_dir, key)
     if not os.path.exists(os.path.join(path, "key.json")):
         return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     try:
         with open(os.path.join(path, "key.json")) as f:
             stored = json.load(f)
         if json.loads(_canonical(stored)) != json.loads(_canonical(key)):
             raise ValueError("its key.json names another h0")
-        with _orbax_failures_as_one_line(), ocp.StandardCheckpointer() as checkpointer:
-            state = checkpointer.restore(os.path.join(path, "state"), abstract)
+        with _orbax_failures_as_one_line(), _h0_checkpointer() as checkpointer:
+            state = checkpointer.restore(os.path.join(path, "state"), target)
             return jax.block_until_ready(state)
     except Exception as error:  # noqa: BLE001 - any failure to read: train h0 again
         _remove_entry(path)
@@ -436,9 +472,14 @@ def save_h0(cache_dir: str, key: dict, state: Any) -> str:
     """Store h0 under ``key``; safe against a concurrent writer of the same key.
 
     A write the file system refuses raises :class:`WriteError` and leaves no partial
-    entry behind.
+    entry behind. With several processes every process must call this: each gathers a
+    host copy of ``state`` and process 0 stores it.
     """
     path = h0_path(cache_dir, key)
+    if jax.process_count() > 1:
+        state = parallel.to_host(state)
+        if jax.process_index() != 0:
+            return path
     if os.path.exists(os.path.join(path, "key.json")):
         return path
     try:
@@ -449,7 +490,7 @@ def save_h0(cache_dir: str, key: dict, state: Any) -> str:
             f"could not store h0 in {cache_dir}: {_one_line(error)}", _errno(error)
         ) from None
     try:
-        with _orbax_failures_as_one_line(), ocp.StandardCheckpointer() as checkpointer:
+        with _orbax_failures_as_one_line(), _h0_checkpointer() as checkpointer:
             try:
                 checkpointer.save(os.path.join(staging, "state"), state)
                 checkpointer.wait_until_finished()

@@ -575,7 +575,7 @@ class Experiment:
     @property
     def source_index(self) -> np.ndarray:
         """The dataset (train) row each source row holds, as NumPy."""
-        return np.asarray(self.source_rows)
+        return parallel.to_host(self.source_rows)
 
     def replace(self, **changes: Any) -> Experiment:
         return dataclasses.replace(self, **changes)
@@ -604,13 +604,22 @@ def _split_pair(key: jax.Array) -> tuple[jax.Array, jax.Array]:
 def setup(options: Options, *, dataset: data.Dataset | None = None) -> Experiment:
     """Load the data, cut the shifted splits and build the model and steps (no training).
 
-    ``dataset`` overrides loading ``options.dataset`` (for data already in memory).
+    ``dataset`` overrides loading ``options.dataset`` (for data already in memory). With
+    several processes each loads the data itself; a process whose examples differ from
+    process 0's (compared by checksum) is a :class:`ConfigError`.
     """
     if dataset is None:
         try:
             dataset = data.load_dataset(options.dataset.name, **options.dataset.loader_options())
         except ValueError as error:
             raise ConfigError(str(error)) from None
+    try:  # with several processes: each host loaded the same examples (placed unchecked)
+        parallel.check_same_on_every_process(
+            f"dataset.name={options.dataset.name}",
+            (dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y),
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     k = dataset.num_classes
     split_key = _seed_key(options.seed, 0)
     splits = _checked(
@@ -630,7 +639,7 @@ def setup(options: Options, *, dataset: data.Dataset | None = None) -> Experimen
 
     q = options.query
     # Budgets count distinct examples: a resampled pool holds some examples in several rows.
-    host = jax.tree_util.tree_map(np.asarray, pool_state)
+    host = parallel.to_host(pool_state)
     pool_size = int(np.sum(host.pool & host.representative))
     buyable = int(np.sum(host.pool & ~host.labeled & host.representative))  # unlabeled_pool
     budget = int(q.sample_prop * pool_size / q.num_batches)
@@ -673,19 +682,23 @@ def setup(options: Options, *, dataset: data.Dataset | None = None) -> Experimen
             else None
         ),
         transform=transform,
-        # Host arrays go over by jax.device_put, which compiles nothing (jnp.asarray of a
-        # NumPy array compiles a small program per shape).
-        train_images=jax.device_put(np.asarray(dataset.train_x)),
-        test_images=jax.device_put(np.asarray(dataset.test_x)),
-        source_rows=jax.device_put(np.asarray(source_index, np.int32)),
-        source_y=jax.device_put(np.asarray(dataset.train_y, np.int32)[np.asarray(source_index)]),
-        target_rows=jax.device_put(target_rows),
-        target_y=jax.device_put(test_y[target_rows]),
-        target_valid=jax.device_put(np.asarray(splits.target.valid)),
-        test_rows=jax.device_put(test_rows),
-        test_y=jax.device_put(test_y[test_rows]),
-        test_valid=jax.device_put(np.asarray(splits.test.valid)),
-        initial_pool=pool_state,
+        # Host arrays go over by parallel.place (jax.device_put with one process), which
+        # compiles nothing (jnp.asarray of a NumPy array compiles a small program per shape).
+        **parallel.place(
+            dict(
+                train_images=np.asarray(dataset.train_x),
+                test_images=np.asarray(dataset.test_x),
+                source_rows=np.asarray(source_index, np.int32),
+                source_y=np.asarray(dataset.train_y, np.int32)[np.asarray(source_index)],
+                target_rows=target_rows,
+                target_y=test_y[target_rows],
+                target_valid=np.asarray(splits.target.valid),
+                test_rows=test_rows,
+                test_y=test_y[test_rows],
+                test_valid=np.asarray(splits.test.valid),
+            )
+        ),
+        initial_pool=parallel.place(pool_state),
         budget=budget,
         use_holdout=bool(np.any(np.asarray(pool_state.holdout))),
     )
@@ -733,13 +746,16 @@ def initial_state(exp: Experiment) -> malls.RoundState:
             exp.input_shape,
             exp.options.query.committee_size,
         )
-    return malls.RoundState(
-        round=jax.device_put(np.int32(0)),
-        key=loop_key,
-        train=train.create_train_state(init_key, exp.model, exp.tx, exp.input_shape),
-        pool=exp.initial_pool,
-        estimate=malls.no_estimate(exp.num_classes),
-        committee=committee,
+    # With several processes every leaf becomes a global array (what Orbax saves).
+    return parallel.place(
+        malls.RoundState(
+            round=np.int32(0),
+            key=loop_key,
+            train=train.create_train_state(init_key, exp.model, exp.tx, exp.input_shape),
+            pool=exp.initial_pool,
+            estimate=malls.no_estimate(exp.num_classes),
+            committee=committee,
+        )
     )
 
 
@@ -887,10 +903,10 @@ def fit(
     rows, example_weight = training_rows(exp, state, initial=initial)
     network = state.committee if committee else state.train
     fresh = train.fresh_optimizer(exp.tx, stacked=1 if committee else 0)(network)
-    count = int(np.sum(np.asarray(rows)))
+    count = int(np.sum(parallel.to_host(rows)))
     steps_per_epoch = max(1, -(-count // t.batch_size))
     epochs = t.initial_epochs if initial else t.partial_epochs
-    name = "h0" if initial else f"fine-tune round {int(state.round)}"
+    name = "h0" if initial else f"fine-tune round {int(parallel.to_host(state.round))}"
     if committee:
         name = f"committee {name}"
     with (display or _SILENT).phase(
@@ -1091,7 +1107,7 @@ def run_round(
     chosen, query_weight, offered = phase("selection", lambda: query(exp, state, preds, query_key))
     # The training weights follow from the raw estimate and the new labeled set's mix.
     revealed = pool.reveal(state.pool, chosen, r, query_weight, offered=offered)
-    state = state.replace(round=jnp.int32(r), pool=revealed)
+    state = state.replace(round=parallel.place(np.int32(r)), pool=revealed)
     state = state.replace(
         train=phase("finetune", lambda: fit(exp, state, fit_key, initial=False, display=display))
     )

@@ -424,10 +424,11 @@ def _step_loop(step_fn: Callable[..., Any], batch_size: int, stacked: bool) -> C
 
 def _on_device(x: Any, dtype: Any = None) -> jax.Array:
     """``jnp.asarray(x, dtype)`` that compiles nothing for host data: NumPy arrays go over
-    with ``jax.device_put`` (``jnp.asarray`` compiles a small copy program per shape)."""
+    with :func:`alsa_jax.parallel.place` (``jax.device_put`` with one process; ``jnp.asarray``
+    compiles a small copy program per shape)."""
     if isinstance(x, jax.Array):  # tracers included
         return jnp.asarray(x, dtype)
-    return jax.device_put(np.asarray(x, dtype))
+    return parallel.place(np.asarray(x, dtype))
 
 
 @functools.partial(jax.jit, static_argnames="stacked")
@@ -488,7 +489,7 @@ def _run_epochs(
     length = max(1, -(-int(np.shape(rows)[-1]) // batch_size))
     loop = _step_loop(_pure_step(train_step), int(batch_size), stacked)
     order_fn = _stacked_epoch_order if stacked else _epoch_order
-    count_arg = jax.device_put(np.asarray(counts if stacked else counts[0], np.int32))
+    count_arg = parallel.place(np.asarray(counts if stacked else counts[0], np.int32))
     # A chunk of steps per dispatch: the whole epoch, or a few steps when a display counts.
     chunk = max(steps) if on_step is None else max(1, max(steps) // 4)
     for epoch in range(start_epoch, start_epoch + epochs):
@@ -497,7 +498,7 @@ def _run_epochs(
         lrs = np.stack(
             [_learning_rates(f, epoch, n, length) for f, n in zip(lr_fns, steps, strict=True)]
         )
-        lrs = jax.device_put(lrs if stacked else lrs[0])
+        lrs = parallel.place(lrs if stacked else lrs[0])
         totals = []
         for first in range(0, max(steps), chunk):
             last = min(first + chunk, max(steps))
@@ -528,7 +529,7 @@ def _run_epochs(
                     on_step(seen)
         # One transfer per epoch; the chunks above are dispatched without waiting. Each
         # step's row is written by one chunk only, so the sums do not depend on chunking.
-        per_step = np.sum(np.asarray(jax.device_get(totals), np.float64), axis=0)
+        per_step = np.sum(np.asarray(parallel.to_host(totals), np.float64), axis=0)
         loss, accuracy, seen = per_step[..., 0], per_step[..., 1], per_step[..., 2]
         total = np.maximum(seen.sum(-1), 1.0)
         history["loss"].append((loss * seen).sum(-1) / total)
@@ -718,7 +719,9 @@ def _predict(
         return p.reshape(num_batches * batch_size, -1)[:n]
 
     if num_samples == 0:
-        return unbatch(jax.lax.map(lambda ib: probs(ib, None), batches))
+        return parallel.whole_on_every_process(
+            unbatch(jax.lax.map(lambda ib: probs(ib, None), batches))
+        )
 
     def one_pass(pass_key):
         batch_ids = jnp.arange(num_batches)
@@ -729,7 +732,9 @@ def _predict(
         )
 
     # Passes outer, batches inner: memory stays at one batch's activations.
-    return jax.lax.map(one_pass, jax.random.split(key, num_samples))
+    return parallel.whole_on_every_process(
+        jax.lax.map(one_pass, jax.random.split(key, num_samples))
+    )
 
 
 def _effective_batch_size(n: int, batch_size: int) -> int:

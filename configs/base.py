@@ -128,4 +128,14 @@ def get_config() -> ml_collections.ConfigDict:
     # Seeds seed .. seed + N - 1 of this config trained and evaluated together (vmapped), seed
     # k in <workdir>/seed<k>, each folder as a run of that seed alone leaves it.
     config.num_parallel_seeds = 1
+
+    # One run over several hosts (jax.distributed): every host starts the same command (one
+    # srun task each) on a shared workdir. Off: the run never looks for other processes.
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.enabled = False
+    # host:port of process 0; "" = from the cluster (Slurm) or $JAX_COORDINATOR_ADDRESS
+    config.distributed.coordinator_address = ""
+    config.distributed.num_processes = 0  # 0 = from the cluster (Slurm: SLURM_NTASKS)
+    config.distributed.process_id = -1  # -1 = from the cluster (Slurm: SLURM_PROCID)
+    config.distributed.initialization_timeout = 300  # seconds each process waits for the rest
     return config

@@ -4,6 +4,8 @@ Usage:
   python -m launch.replicate --config configs/digits.py --workdir runs/digits
   python -m launch.replicate --config configs/cifar10.py:small --workdir runs/c10 \\
       --config.seed=3 --config.query.strategy=margin
+  srun python -m launch.replicate --config configs/cifar10.py --workdir /shared/runs/c10 \\
+      --config.distributed.enabled=True      # one run over the hosts of a Slurm job
 
 Flags:
   --config FILE[:ARG]   the experiment's config file (configs/*.py); ARG goes to its
@@ -57,7 +59,16 @@ LAUNCHER_FIELDS = (
     "checkpoint_keep",
     "compilation_cache_dir",
     "num_parallel_seeds",
+    "distributed",
 )
+
+# distributed.*: each field's value when the run is on one host ("" / 0 / -1: from the cluster).
+_DISTRIBUTED_DEFAULTS = {
+    "coordinator_address": "",
+    "num_processes": 0,
+    "process_id": -1,
+    "initialization_timeout": 300,
+}
 
 
 def _library():
@@ -70,6 +81,7 @@ def _library():
 def options_of(config: ml_collections.ConfigDict):
     """The experiment's options, and this launcher's own fields checked, as one-line errors."""
     _, experiment = _library()
+    distributed_settings(config)
     options = experiment.Options.from_config(config, ignore=LAUNCHER_FIELDS)
     keep = config.get("checkpoint_keep", 2)
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -85,6 +97,123 @@ def options_of(config: ml_collections.ConfigDict):
             f"compilation_cache_dir must be a folder, '' or 'none', got {cache!r}"
         )
     return options
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def distributed_settings(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """``config.distributed`` checked (one-line errors): the arguments of
+    :func:`alsa_jax.parallel.initialize`, or None for a run on one host. Touches no JAX."""
+    _, experiment = _library()
+    section = config.get("distributed")
+    if section is None:  # a config made before the section existed: one host
+        return None
+    known = {"enabled", *_DISTRIBUTED_DEFAULTS}
+    for name in section.keys():
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean 'distributed.{close[0]}'?)" if close else ""
+            raise experiment.ConfigError(
+                f"the config has no field 'distributed.{name}'{hint}; see configs/base.py"
+            )
+    values = {**_DISTRIBUTED_DEFAULTS, **{k: v for k, v in section.items() if k != "enabled"}}
+    enabled = section.get("enabled", False)
+    address, count, index = (
+        values["coordinator_address"],
+        values["num_processes"],
+        values["process_id"],
+    )
+    timeout = values["initialization_timeout"]
+    problem = None
+    if not isinstance(enabled, bool):
+        problem = f"distributed.enabled must be True or False, got {enabled!r}"
+    elif not isinstance(address, str) or (address and not _is_host_port(address)):
+        problem = (
+            "distributed.coordinator_address must be host:port of process 0 (e.g. "
+            f"node001:12345), or '' to take it from the cluster, got {address!r}"
+        )
+    elif not _is_int(count) or count < 0:
+        problem = (
+            "distributed.num_processes must be an integer >= 1, or 0 to take it from the "
+            f"cluster, got {count!r}"
+        )
+    elif not _is_int(index) or index < -1:
+        problem = (
+            "distributed.process_id must be an integer >= 0, or -1 to take it from the "
+            f"cluster, got {index!r}"
+        )
+    elif count and index >= count:
+        problem = (
+            f"distributed.process_id={index} must be below distributed.num_processes={count} "
+            "(processes count from 0)"
+        )
+    elif not _is_int(timeout) or timeout < 1:
+        problem = (
+            "distributed.initialization_timeout must be a whole number of seconds >= 1, "
+            f"got {timeout!r}"
+        )
+    if problem:
+        raise experiment.ConfigError(problem)
+    if not enabled:
+        changed = [name for name, unset in _DISTRIBUTED_DEFAULTS.items() if values[name] != unset]
+        if changed:
+            raise experiment.ConfigError(
+                f"distributed.{changed[0]} is set but distributed.enabled is False; add "
+                "--config.distributed.enabled=True to run over several processes"
+            )
+        return None
+    return values
+
+
+def _is_host_port(address: str) -> bool:
+    host, colon, port = address.rpartition(":")
+    return bool(host and colon and port.isdigit() and 0 < int(port) < 65536)
+
+
+# What jax.distributed.initialize says when the cluster does not give a field left to it.
+_UNDETECTED = {
+    "coordinator_address should be defined": "coordinator_address",
+    "Number of processes must be defined": "num_processes",
+    "process id of the current process must be defined": "process_id",
+}
+
+
+def join_processes(config: ml_collections.ConfigDict) -> None:
+    """With ``distributed.enabled``: join the run's other processes (once per process).
+
+    Must come before any other JAX call of the process. A field that neither the config
+    nor the cluster's environment gives is a one-line :class:`ConfigError`.
+    """
+    settings = distributed_settings(config)
+    if settings is None:
+        return
+    import jax
+
+    from alsa_jax import parallel
+
+    _, experiment = _library()
+    if jax.distributed.is_initialized():  # joined already, by an earlier run in this process
+        return
+    try:
+        parallel.initialize(**settings)
+    except ValueError as error:
+        field = next((f for text, f in _UNDETECTED.items() if text in str(error)), None)
+        if field is None:
+            raise experiment.ConfigError(f"distributed: {error}") from None
+        raise experiment.ConfigError(
+            f"distributed.{field} is not set and no cluster environment (Slurm, Open MPI) "
+            "gives it; start the processes with srun, or set distributed.coordinator_address, "
+            "distributed.num_processes and distributed.process_id"
+        ) from None
+    except RuntimeError as error:
+        if "must be called before" not in str(error):
+            raise
+        raise experiment.ConfigError(
+            "distributed.enabled=True needs a process that has not used JAX yet; run it "
+            "through python -m launch.replicate (or call launch.replicate.run first)"
+        ) from None
 
 
 def __getattr__(name: str) -> Any:
@@ -160,10 +289,9 @@ def _spread(q: Any) -> str:
 
 def _record(r: int, arrays: dict[str, Any], timer: _Timer, **extra: Any) -> dict[str, Any]:
     """A round's record as plain Python: the round first, then metrics, timing."""
-    import jax
-    import numpy as np
+    from alsa_jax import parallel
 
-    values = {name: np.asarray(v).tolist() for name, v in jax.device_get(arrays).items()}
+    values = {name: v.tolist() for name, v in parallel.to_host(arrays).items()}
     return {"round": r, **values, **timer.seconds, **extra, "compilations": timer.compiled()}
 
 
@@ -190,12 +318,13 @@ def _finished(workdir: str, config_dict: dict, num_rounds: int) -> list[dict] | 
 def identity(config: ml_collections.ConfigDict, **changes: Any) -> dict[str, Any]:
     """The config that owns a workdir (``experiment.json``), with ``changes`` applied.
 
-    Where compiled programs are cached and how many seeds run beside this one change
-    nothing in the run, so they are not part of it: a workdir made before those fields
-    existed, with another cache folder, or by a run of several seeds, resumes.
+    Where compiled programs are cached, how many seeds run beside this one and how many
+    processes compute it change nothing in the run's results, so they are not part of it: a
+    workdir made before those fields existed, with another cache folder, by a run of several
+    seeds, or on another number of hosts, resumes.
     """
     config_dict = {**config.to_dict(), **changes}
-    for name in ("compilation_cache_dir", "num_parallel_seeds"):
+    for name in ("compilation_cache_dir", "num_parallel_seeds", "distributed"):
         config_dict.pop(name, None)
     return config_dict
 
@@ -215,6 +344,7 @@ def run(
     """
     from alsa_jax import compilation
 
+    join_processes(config)  # before any other JAX call
     options = options_of(config)
     if config.get("num_parallel_seeds", 1) > 1:
         _, experiment = _library()
@@ -254,6 +384,12 @@ def run_seeds(
     from alsa_jax import compilation
 
     options = options_of(config)
+    if distributed_settings(config) is not None:
+        _, experiment = _library()
+        raise experiment.ConfigError(
+            "num_parallel_seeds > 1 runs its seeds on one host; with distributed.enabled=True "
+            "run one seed at a time over the hosts (num_parallel_seeds=1)"
+        )
     seeds = [options.seed + i for i in range(config.get("num_parallel_seeds", 1))]
     with compilation.persistent_cache(compilation_cache_dir(config, workdir)):
         return _run_seeds(config, options, workdir, seeds, verbose, stop_after_round, progress_mode)
@@ -261,11 +397,14 @@ def run_seeds(
 
 def _run(config, options, workdir, verbose, stop_after_round, progress_mode):
     from alsa_jax import logging as results_log
-    from alsa_jax import progress
+    from alsa_jax import parallel, progress
 
     checkpoint, experiment = _library()
-    say = print if verbose else (lambda *a, **k: None)
-    warn = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
+    # With several processes all of them compute every round, save and restore the
+    # checkpoints together (Orbax), and process 0 alone prints and writes the other files.
+    primary = parallel.is_primary()
+    say = print if verbose and primary else (lambda *a, **k: None)
+    warn = (lambda m: print(m, file=sys.stderr)) if verbose and primary else (lambda m: None)
     config_dict = identity(config)
     together = sorted(glob.glob(os.path.join(workdir, "seed*", "experiment.json")))
     if together:
@@ -281,7 +420,7 @@ def _run(config, options, workdir, verbose, stop_after_round, progress_mode):
         return done
     exp = experiment.setup(options)  # bad values surface as one line, before any write
     _claim(workdir, config_dict)
-    display = progress.Progress(progress_mode)
+    display = progress.Progress(progress_mode if primary else "never")
     manager = checkpoint.RoundCheckpointer(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint_keep
     )
@@ -293,25 +432,29 @@ def _run(config, options, workdir, verbose, stop_after_round, progress_mode):
         for r, reason in skipped:
             warn(f"skipped the checkpoint of round {r}: {reason}")
         # A run killed between its checkpoint and its results files left them one behind.
-        results_log.write_results(workdir, config_dict, history)
+        if primary:
+            results_log.write_results(workdir, config_dict, history)
         say(f"resuming {workdir} after round {latest}")
         preds = experiment.predict(exp, state.train)
     else:
         state, preds, record = _round_zero(exp, state, config, workdir, say, warn, display)
         history = [record]
         manager.save(0, state, history)
-        results_log.write_results(workdir, config_dict, history)
+        if primary:
+            results_log.write_results(workdir, config_dict, history)
         say(summary(record))
         latest = 0
 
-    writer = results_log.RunWriter(
-        workdir,
-        run_name=results_log.run_name(config_dict),
-        hparams=results_log.hparams(config_dict),
-        class_names=exp.class_names or None,
-    )
-    for record in history:  # a crash may have come before some rounds' events: idempotent
-        writer.write(record)
+    writer = None
+    if primary:
+        writer = results_log.RunWriter(
+            workdir,
+            run_name=results_log.run_name(config_dict),
+            hparams=results_log.hparams(config_dict),
+            class_names=exp.class_names or None,
+        )
+        for record in history:  # a crash may have come before some rounds' events: idempotent
+            writer.write(record)
     q = options.query
     if latest < q.num_batches:
         say(
@@ -329,10 +472,12 @@ def _run(config, options, workdir, verbose, stop_after_round, progress_mode):
         record = _record(r, arrays, timer)
         history.append(record)
         manager.save(r, state, history)
-        results_log.write_results(workdir, config_dict, history)
-        writer.write(record)
+        if primary:
+            results_log.write_results(workdir, config_dict, history)
+            writer.write(record)
         say(summary(record))
-    writer.close()
+    if writer is not None:
+        writer.close()
     manager.close()
     return history
 
@@ -366,6 +511,8 @@ def compilation_cache_dir(config: ml_collections.ConfigDict, workdir: str) -> st
 
 def _round_zero(exp, state, config, workdir, say, warn, display):
     """h0 (from the cache shared by runs beside each other, or trained), then round 0."""
+    from alsa_jax import parallel
+
     checkpoint, experiment = _library()
     timer = _Timer()
     cache_dir = _h0_cache_dir(config, workdir)
@@ -376,7 +523,7 @@ def _round_zero(exp, state, config, workdir, say, warn, display):
         state = state.replace(train=cached)
         timer.seconds["seconds_h0"] = 0.0
     else:
-        warm = int(state.pool.warm.sum())
+        warm = int(parallel.to_host(state.pool.warm).sum())
         say(f"h0: training {exp.options.train.initial_epochs} epochs on {warm} warm-start rows")
         state = state.replace(
             train=timer.phase("h0", lambda: experiment.train_initial(exp, state, display=display))

@@ -194,6 +194,9 @@ def resolve_runs(
             )
         group = checkpoint.fingerprint(experiment.h0_key(options))
         config_dict = json.loads(json.dumps(config.to_dict()))
+        # How many processes run it is not part of a run's identity (as in the driver's
+        # experiment.json); sweeps recorded before the field existed still match.
+        config_dict.pop("distributed", None)
         resolved.append(Resolved(run, run_overrides, config_dict, group))
     return resolved
 

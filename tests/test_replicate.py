@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -214,6 +215,16 @@ def test_bad_config_value_is_one_line(tmp_path):
         replicate.run(small_config(checkpoint_keep=0), str(tmp_path / "x"))
     with pytest.raises(replicate.ConfigError, match="shift.alpha"):
         replicate.run(small_config(**{"shift.alpha": float("nan")}), str(tmp_path / "x"))
+    typo = small_config()
+    with typo.unlocked():
+        typo.distributed.proces_id = 1
+    with pytest.raises(replicate.ConfigError, match="'distributed.process_id'"):
+        replicate.run(typo, str(tmp_path / "x"))
+    jax.devices()  # this process has used JAX: too late to join others
+    late = {"distributed.enabled": True, "distributed.coordinator_address": "localhost:1"}
+    late.update({"distributed.num_processes": 1, "distributed.process_id": 0})
+    with pytest.raises(replicate.ConfigError, match="needs a process that has not used JAX"):
+        replicate.run(small_config(**late), str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()  # nothing written
     (tmp_path / "file").write_text("")
     with pytest.raises(replicate.ConfigError, match="--workdir"):
@@ -228,10 +239,10 @@ def test_workdir_of_another_experiment_is_refused(reference_run):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
-def _one_line_error(args):
-    """Run the command line ``args``; it must exit 2 with exactly one non-empty line on
-    stderr, which is returned."""
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+def _one_line_error(args, env=None):
+    """Run the command line ``args`` (in ``env``, default this process's environment); it
+    must exit 2 with exactly one non-empty line on stderr, which is returned."""
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, done.stderr
@@ -251,12 +262,71 @@ def _one_line_error(args):
             "the config has no field 'query.stratgy' (did you mean 'query.strategy'?)",
         ),
         (["--progress=loud"], "--progress"),
+        # The fields of a run over several processes, named with the fix.
+        (
+            ["--config.distributed.num_processes=2"],
+            "distributed.num_processes is set but distributed.enabled is False; add "
+            "--config.distributed.enabled=True",
+        ),
+        (
+            ["--config.distributed.enabled=True", "--config.distributed.num_processes=2"]
+            + ["--config.distributed.process_id=2"],
+            "distributed.process_id=2 must be below distributed.num_processes=2",
+        ),
+        (
+            ["--config.distributed.enabled=True", "--config.distributed.coordinator_address=n1"],
+            "distributed.coordinator_address must be host:port of process 0",
+        ),
+        (
+            ["--config.distributed.enabled=True", "--config.distributed.num_processes=-1"],
+            "distributed.num_processes must be an integer >= 1, or 0",
+        ),
+        (
+            ["--config.distributed.enabled=True"]
+            + ["--config.distributed.initialization_timeout=0"],
+            "distributed.initialization_timeout must be a whole number of seconds >= 1",
+        ),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, extra, message):
     line = _one_line_error(cli(tmp_path / "w", *extra))
     assert message in line
     assert "\\" not in line  # no escaped quotes or newlines
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_distributed_without_cluster_or_coordinator_is_one_line(tmp_path):
+    """Outside a cluster, the fields JAX cannot detect must be given; nothing waits."""
+    from tests.test_parallel import process_env
+
+    line = _one_line_error(
+        cli(tmp_path / "w", "--config.distributed.enabled=True"), env=process_env(devices=1)
+    )
+    assert line == (
+        "error: distributed.coordinator_address is not set and no cluster environment (Slurm, "
+        "Open MPI) gives it; start the processes with srun, or set "
+        "distributed.coordinator_address, distributed.num_processes and distributed.process_id"
+    )
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_process_whose_others_never_come_is_stopped_after_the_timeout(tmp_path):
+    from tests.test_parallel import free_port, process_env
+
+    args = cli(
+        tmp_path / "w",
+        "--config.distributed.enabled=True",
+        f"--config.distributed.coordinator_address=localhost:{free_port()}",
+        "--config.distributed.num_processes=2",
+        "--config.distributed.process_id=1",
+        "--config.distributed.initialization_timeout=2",
+    )
+    start = time.monotonic()
+    done = subprocess.run(
+        args, cwd=ROOT, env=process_env(devices=1), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0 and "DEADLINE_EXCEEDED" in done.stderr, done.stderr[-2000:]
+    assert time.monotonic() - start < 60
     assert not (tmp_path / "w").exists()
 
 
@@ -353,16 +423,116 @@ def test_eight_devices_match_one_device(reference_run, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     sharded_h0_cache_hit, sharded = json.loads(done.stdout.strip().splitlines()[-1])
-    expected = comparable(reference)
-    assert [r["labels_bought"] for r in sharded] == [r["labels_bought"] for r in expected]
     # Each side trained its own h0 (separate h0 caches), so the match covers h0's training.
     assert sharded_h0_cache_hit is False and reference[0]["h0_cache_hit"] is False
-    for got, want in zip(sharded, expected, strict=True):
+    assert_same_run(sharded, reference)
+
+
+def assert_same_run(history, reference):
+    """``history`` holds ``reference``'s rounds: the same labels bought, the metrics equal to
+    float rounding (the data-parallel runs' reduction orders differ)."""
+    expected = comparable(reference)
+    got = comparable(history)
+    assert [r["round"] for r in got] == [r["round"] for r in expected]
+    assert [r["labels_bought"] for r in got] == [r["labels_bought"] for r in expected]
+    assert [r["labels_paid"] for r in got] == [r["labels_paid"] for r in expected]
+    for mine, want in zip(got, expected, strict=True):
         for name, value in want.items():
             # The weight estimate (BCTS by L-BFGS, then EM) iterates to a tolerance, which
             # float32 reduction orders move by a few parts in 10^4.
             rtol = 2e-3 if name.startswith("weight") else 1e-4
-            np.testing.assert_allclose(got[name], value, rtol=rtol, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(mine[name], value, rtol=rtol, atol=1e-5, err_msg=name)
+
+
+def _process_script(workdir, port, process_id, stop_after_round):
+    """``python -c`` of one of two processes running the small experiment in ``workdir``,
+    joined at ``localhost:port`` through the config, ending after ``stop_after_round``."""
+    return (
+        "from tests.test_replicate import small_config\n"
+        "from launch import replicate\n"
+        "config = small_config()\n"
+        "config.distributed.enabled = True\n"
+        f"config.distributed.coordinator_address = 'localhost:{port}'\n"
+        "config.distributed.num_processes = 2\n"
+        f"config.distributed.process_id = {process_id}\n"
+        f"replicate.run(config, {str(workdir)!r}, stop_after_round={stop_after_round})\n"
+    )
+
+
+def test_two_processes_run_and_resume_as_one(reference_run, tmp_path):
+    """One run over two processes of 2 CPU devices each (one mesh of 4, batches split over
+    both processes), stopped after round 1, resumed by one process to round 2, then by two
+    processes started as srun starts them (the coordinator, the number of processes and
+    each one's id from Slurm's environment): the rounds of one process, process 0 alone
+    printing and writing."""
+    from tests.test_parallel import free_port, process_env, run_processes
+
+    _, reference = reference_run
+    workdir = tmp_path / "run"
+    port = free_port()
+    started = run_processes(
+        [
+            (
+                [sys.executable, "-c", _process_script(workdir, port, i, stop_after_round=1)],
+                process_env(devices=2),
+            )
+            for i in range(2)
+        ],
+        timeout=240,
+    )
+    for code, _, err in started:
+        assert code == 0, err[-3000:]
+    assert "round   1 |" in started[0][1] and "round   2 |" not in started[0][1]
+    assert "round" not in started[1][1]  # only process 0 prints
+    # h0 was trained over both processes and stored by process 0 alone.
+    assert os.listdir(tmp_path / "h0_cache") == [
+        checkpoint.fingerprint(experiment.h0_key(replicate.options_of(small_config())))
+    ]
+
+    # Another number of processes resumes the same run: one, here, for round 2.
+    replicate.run(small_config(), str(workdir), verbose=False, stop_after_round=2)
+
+    port = free_port()
+    srun = []
+    for i in range(2):
+        env = process_env(devices=2)
+        env.update(
+            SLURM_JOB_ID="4242",
+            SLURM_STEP_NODELIST="localhost",
+            SLURM_NTASKS="2",
+            SLURM_PROCID=str(i),
+            SLURM_LOCALID=str(i),
+            JAX_COORDINATOR_PORT=str(port),  # instead of Slurm's port from the job id
+        )
+        flags = [f"--config.{name}={value}" for name, value in SMALL.items()]
+        srun.append((cli(workdir, *flags, "--config.distributed.enabled=True"), env))
+    resumed = run_processes(srun, timeout=240)
+    for code, _, err in resumed:
+        assert code == 0, err[-3000:]
+    assert "resuming" in resumed[0][1] and "round   3 |" in resumed[0][1]
+    assert "round" not in resumed[1][1] and "resuming" not in resumed[1][1]
+
+    with open(workdir / "results.json") as f:
+        assert_same_run(json.load(f)["rounds"], reference)
+    # One writer a start: three starts, three TensorBoard event files.
+    (run_dir,) = (workdir / "tensorboard").iterdir()
+    assert len([n for n in os.listdir(run_dir) if n.startswith("events")]) == 3
+    # The round-3 checkpoint the two processes wrote restores in one, as one process's.
+    exp = experiment.setup(replicate.options_of(small_config()))
+    restored = []
+    for folder in (workdir, reference_run[0]):
+        manager = checkpoint.RoundCheckpointer(os.path.join(folder, "checkpoints"))
+        restored.append(manager.restore(3, experiment.initial_state(exp))[0])
+        manager.close()
+    final, expected = restored
+    np.testing.assert_array_equal(final.pool.labeled, expected.pool.labeled)
+    np.testing.assert_array_equal(final.key, expected.key)
+    for got, want in zip(
+        jax.tree_util.tree_leaves(final.train.params),
+        jax.tree_util.tree_leaves(expected.train.params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_no_compilation_after_round_one(reference_run):

@@ -197,6 +197,11 @@ def test_num_parallel_seeds_is_checked(tmp_path):
     assert not (tmp_path / "w").exists()
     line = _one_line_error(cli(tmp_path / "w", "--config.num_parallel_seeds=-1"))
     assert "num_parallel_seeds must be an integer >= 1" in line
+    line = _one_line_error(
+        cli(tmp_path / "w", "--config.num_parallel_seeds=2", "--config.distributed.enabled=True")
+    )
+    assert "num_parallel_seeds > 1 runs its seeds on one host" in line
+    assert not (tmp_path / "w").exists()
 
 
 def test_seeds_together_on_eight_devices_match_one_device(two_seeds, tmp_path):

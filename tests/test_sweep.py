@@ -97,6 +97,17 @@ def test_h0_groups_are_the_drivers_h0_cache_key(tmp_path):
     assert len(set(groups)) == 4
 
 
+def test_a_runs_identity_leaves_out_the_processes_that_run_it(tmp_path):
+    runs = [sweeps.Run("a", "mix", 0, {"seed": 0})]
+    spec = os.path.join(ROOT, "configs", "digits.py")
+    plain = sweep_cli.resolve_runs(spec, runs, [], str(tmp_path))
+    joined = sweep_cli.resolve_runs(
+        spec, runs, ["--config.distributed.enabled=True"], str(tmp_path)
+    )
+    assert plain[0].config == joined[0].config and "distributed" not in plain[0].config
+    assert plain[0].config["seed"] == 0 and "query" in plain[0].config
+
+
 def test_flag_values_round_trip_through_the_command_line():
     assert sweeps.flag_value(True) == "True"
     assert sweeps.flag_value(2e-6) == "2e-06"
