@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +38,9 @@ def run_processes(commands, *, timeout):
         )
         for args, env in commands
     ]
+    deadline = time.monotonic() + timeout
     try:
-        outputs = [p.communicate(timeout=timeout) for p in processes]
+        outputs = [p.communicate(timeout=max(0.1, deadline - time.monotonic())) for p in processes]
     except subprocess.TimeoutExpired:
         outputs = None
     finally:
