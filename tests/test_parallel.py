@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +38,9 @@ def run_processes(commands, *, timeout):
         )
         for args, env in commands
     ]
+    deadline = time.monotonic() + timeout
     try:
-        outputs = [p.communicate(timeout=timeout) for p in processes]
+        outputs = [p.communicate(timeout=max(0.1, deadline - time.monotonic())) for p in processes]
     except subprocess.TimeoutExpired:
         outputs = None
     finally:
@@ -82,6 +84,11 @@ class TinyBatchNormNet(nn.Module):
         x = nn.relu(x)
         x = nn.Dropout(0.5, deterministic=not (train or mc_dropout))(x)
         return nn.Dense(self.num_classes)(x)
+
+
+def _fresh_state(key):
+    tx = train.make_optimizer("sgd", learning_rate=0.1)
+    return train.create_train_state(key, TinyBatchNormNet(), tx, (4, 4, 1))
 
 
 def _core_case(folder):
@@ -165,6 +172,10 @@ def _core_process(port, process_id, folder):
     (process 0) print it as JSON."""
     parallel.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
     case = _to_json(_core_case(folder))
+    # An h0 that one process stored (jax arrays) restores in two (as host arrays, then sent).
+    like = _fresh_state(jax.random.PRNGKey(1))
+    stored = checkpoint.load_h0(os.path.join(folder, "h0_cache"), {"stored_by": "one"}, like)
+    case["stored_by_one"] = [v.ravel().tolist() for v in jax.tree.leaves(parallel.to_host(stored))]
     parallel.check_same_on_every_process("equal", {"a": np.arange(5), "b": np.ones((2, 2))})
     try:
         parallel.check_same_on_every_process("labels", [np.arange(5) + (process_id == 1)])
@@ -192,6 +203,8 @@ def test_two_processes_fit_predict_and_checkpoint_as_one(tmp_path):
         pytest.skip("compares against this process, which must see exactly one device")
     port = free_port()
     folder = str(tmp_path / "shared")
+    stored = _fresh_state(jax.random.PRNGKey(7))
+    checkpoint.save_h0(os.path.join(folder, "h0_cache"), {"stored_by": "one"}, stored)
     commands = [
         (
             [
@@ -232,8 +245,15 @@ def test_two_processes_fit_predict_and_checkpoint_as_one(tmp_path):
         "dataset.name=digits differs between processes (process 1 holds other values than "
         "process 0); every process must read the same data"
     )
-    # Process 0 alone wrote the h0 cache: one entry, no staging folder of another process.
-    assert len(os.listdir(os.path.join(folder, "h0_cache"))) == 1
+    assert two["stored_by_one"] == [v.ravel().tolist() for v in jax.tree.leaves(stored)]
+    # And the h0 the two processes stored restores in one.
+    theirs = checkpoint.load_h0(
+        os.path.join(folder, "h0_cache"), {"case": "core"}, _fresh_state(jax.random.PRNGKey(1))
+    )
+    assert [v.ravel().tolist() for v in jax.tree.leaves(theirs.params)] == two["params"]
+    # Process 0 alone wrote the h0 cache: its entry beside this process's, no staging folder
+    # of another process.
+    assert len(os.listdir(os.path.join(folder, "h0_cache"))) == 2
 
 
 def test_one_process_helpers_are_device_put_and_device_get():

@@ -459,6 +459,7 @@ def _process_script(workdir, port, process_id, stop_after_round):
     )
 
 
+@pytest.mark.slow  # 50-80 s on 2 shared cores; tests/test_parallel.py has the fast core
 def test_two_processes_run_and_resume_as_one(reference_run, tmp_path):
     """One run over two processes of 2 CPU devices each (one mesh of 4, batches split over
     both processes), stopped after round 1, resumed by one process to round 2, then by two
