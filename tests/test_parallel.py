@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from alsa_jax import checkpoint, data, experiment, models, parallel, train
 from launch import replicate
 from tests.test_replicate import small_config
+from tests.test_train import TinyBatchNormNet  # dense, batch norm, dropout: batch statistics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,22 +68,6 @@ def process_env(devices):
         PYTHONPATH=ROOT,
     )
     return env
-
-
-class TinyBatchNormNet(nn.Module):
-    """dense -> batch norm -> relu -> dropout -> dense: batch statistics over the global
-    batch, dropout for the Monte-Carlo passes."""
-
-    num_classes: int = 3
-
-    @nn.compact
-    def __call__(self, x, *, train: bool, mc_dropout: bool = False):
-        x = x.reshape(x.shape[0], -1)
-        x = nn.Dense(16)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
-        x = nn.relu(x)
-        x = nn.Dropout(0.5, deterministic=not (train or mc_dropout))(x)
-        return nn.Dense(self.num_classes)(x)
 
 
 def _fresh_state(key):
