@@ -400,6 +400,21 @@ def test_progress_always_shows_training_live(tmp_path):
     assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr[-3000:]
 
 
+def on_eight_devices(script):
+    """Run ``script`` in a fresh process with 8 CPU devices; its last stdout line as JSON."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_eight_devices_match_one_device(reference_run, tmp_path):
     """The data-parallel path (batches sharded over 8 CPU devices) gives the same run."""
     _, reference = reference_run
@@ -412,17 +427,7 @@ def test_eight_devices_match_one_device(reference_run, tmp_path):
         f"history = replicate.run(small_config(), {str(tmp_path / 'run')!r}, verbose=False)\n"
         "print(json.dumps([history[0]['h0_cache_hit'], comparable(history)]))\n"
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    sharded_h0_cache_hit, sharded = json.loads(done.stdout.strip().splitlines()[-1])
+    sharded_h0_cache_hit, sharded = on_eight_devices(script)
     # Each side trained its own h0 (separate h0 caches), so the match covers h0's training.
     assert sharded_h0_cache_hit is False and reference[0]["h0_cache_hit"] is False
     assert_same_run(sharded, reference)

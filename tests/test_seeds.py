@@ -4,8 +4,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 
 from alsa_jax import data, experiment, models, seeds
 from launch import replicate, report
-from tests.test_replicate import ROOT, TIMING, _one_line_error, cli, small_config
+from tests.test_replicate import TIMING, _one_line_error, cli, on_eight_devices, small_config
 
 
 def _options(**overrides):
@@ -217,17 +215,7 @@ def test_seeds_together_on_eight_devices_match_one_device(two_seeds, tmp_path):
         f"{str(tmp_path / 'run')!r}, verbose=False)\n"
         "print(json.dumps(histories))\n"
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    sharded = json.loads(done.stdout.strip().splitlines()[-1])
+    sharded = on_eight_devices(script)
     for seed in (0, 1):
         _assert_records_close(reference[seed], sharded[str(seed)])
 
