@@ -445,16 +445,7 @@ def _run(config, options, workdir, verbose, stop_after_round, progress_mode):
         say(summary(record))
         latest = 0
 
-    writer = None
-    if primary:
-        writer = results_log.RunWriter(
-            workdir,
-            run_name=results_log.run_name(config_dict),
-            hparams=results_log.hparams(config_dict),
-            class_names=exp.class_names or None,
-        )
-        for record in history:  # a crash may have come before some rounds' events: idempotent
-            writer.write(record)
+    writer = _open_writer(workdir, config_dict, exp.class_names, history) if primary else None
     q = options.query
     if latest < q.num_batches:
         say(
@@ -499,6 +490,22 @@ def _h0_cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
     return config.h0_cache_dir or os.path.join(
         os.path.dirname(os.path.abspath(workdir)), "h0_cache"
     )
+
+
+def _open_writer(workdir, config_dict, class_names, history):
+    """The run's TensorBoard writer, with ``history`` written (again): a crash may have come
+    before some rounds' events, and writing a round twice is idempotent."""
+    from alsa_jax import logging as results_log
+
+    writer = results_log.RunWriter(
+        workdir,
+        run_name=results_log.run_name(config_dict),
+        hparams=results_log.hparams(config_dict),
+        class_names=class_names or None,
+    )
+    for record in history:
+        writer.write(record)
+    return writer
 
 
 def compilation_cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str | None:
@@ -636,17 +643,9 @@ def _run_seeds(config, options, workdir, seed_list, verbose, stop_after_round, p
         latest_round = 0
 
     writers = [
-        results_log.RunWriter(
-            d,
-            run_name=results_log.run_name(c),
-            hparams=results_log.hparams(c),
-            class_names=runs.template.class_names or None,
-        )
-        for d, c in zip(dirs, dicts, strict=True)
+        _open_writer(d, c, runs.template.class_names, h)
+        for d, c, h in zip(dirs, dicts, histories, strict=True)
     ]
-    for writer, history in zip(writers, histories, strict=True):
-        for record in history:  # idempotent, as in a single run
-            writer.write(record)
     q = options.query
     if latest_round < q.num_batches:
         budgets = ", ".join(str(e.budget) for e in runs.experiments)
